@@ -7,7 +7,7 @@ HTTP errors) into ``application/fhir+json`` OperationOutcome responses with the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,7 +66,9 @@ class FhirError(Exception):
         return operation_outcome(self.issues)
 
 
-def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def fhir_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     return Response(
         content=orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers
     )

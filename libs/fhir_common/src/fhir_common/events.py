@@ -1,0 +1,89 @@
+"""The event envelope of DESIGN.md: topic names, header names, and the message we carry.
+
+A ``Message`` is what crosses the bus in either implementation: a topic, a key (the patient
+key, so that everything about one person stays in order), raw bytes, and string headers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+RECORD_CHANGES = "record.changes"
+DEADLETTER = "deadletter"
+FHIR_TOPIC_PREFIX = "fhir."
+FHIR_TOPIC_PATTERN = r"^fhir\.[A-Za-z]+$"
+
+
+class Header:
+    EVENT_ID = "event-id"
+    SOURCE = "source"
+    SETTING = "setting"
+    OCCURRED_AT = "occurred-at"
+    TRACEPARENT = "traceparent"
+    # dead-letter only
+    ERROR = "error"
+    SERVICE = "service"
+    ORIGIN = "origin"
+
+
+def fhir_topic(resource_type: str) -> str:
+    return f"{FHIR_TOPIC_PREFIX}{resource_type}"
+
+
+def resource_type_of_topic(topic: str) -> str:
+    if not topic.startswith(FHIR_TOPIC_PREFIX):
+        raise ValueError(f"{topic} is not a fhir.<ResourceType> topic")
+    return topic[len(FHIR_TOPIC_PREFIX) :]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: str
+    value: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # where the bus delivered it from; None until delivered
+    partition: int | None = None
+    offset: int | None = None
+
+    def json(self) -> object:
+        return orjson.loads(self.value)
+
+    @property
+    def origin(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+def event_headers(
+    *,
+    source: str,
+    setting: str,
+    occurred_at: str | None = None,
+    traceparent: str | None = None,
+) -> dict[str, str]:
+    """The headers DESIGN.md requires on every message."""
+    headers = {
+        Header.EVENT_ID: str(uuid.uuid4()),
+        Header.SOURCE: source,
+        Header.SETTING: setting,
+        Header.OCCURRED_AT: occurred_at or now_iso(),
+    }
+    if traceparent:
+        headers[Header.TRACEPARENT] = traceparent
+    return headers
+
+
+def fhir_message(resource: Mapping[str, object], key: str, headers: Mapping[str, str]) -> Message:
+    resource_type = str(resource["resourceType"])
+    return Message(
+        topic=fhir_topic(resource_type), key=key, value=orjson.dumps(resource), headers=headers
+    )
