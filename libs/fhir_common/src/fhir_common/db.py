@@ -10,15 +10,17 @@ Repositories never commit: the unit of work (one request, one batch of messages)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, event, text
+from sqlalchemy import JSON, Table, event, text
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -116,3 +118,18 @@ def run_migrations_online(target_metadata: Any) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+async def upsert(
+    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, on PostgreSQL and SQLite alike."""
+    if not rows:
+        return
+    dialect = session.bind.dialect.name if session.bind else "postgresql"
+    insert_for = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    statement = insert_for(table)
+    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    await session.execute(
+        statement.on_conflict_do_update(index_elements=list(keys), set_=updates), list(rows)
+    )

@@ -87,3 +87,27 @@ def fhir_message(resource: Mapping[str, object], key: str, headers: Mapping[str,
     return Message(
         topic=fhir_topic(resource_type), key=key, value=orjson.dumps(resource), headers=headers
     )
+
+
+@dataclass(frozen=True)
+class RecordChange:
+    """A ``record.changes`` value: the record committed a new version of a resource."""
+
+    resource_type: str
+    id: str
+    version_id: str
+    patient: str | None
+    change: str
+
+    @classmethod
+    def of(cls, message: Message) -> RecordChange:
+        data = orjson.loads(message.value)
+        if not isinstance(data, dict):
+            raise ValueError("record.changes value is not a JSON object")
+        return cls(
+            resource_type=str(data["resourceType"]),
+            id=str(data["id"]),
+            version_id=str(data["versionId"]),
+            patient=data.get("patient"),
+            change=str(data["change"]),
+        )

@@ -15,6 +15,9 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel, Field, TypeAdapter
 
+from fhir_common.auth import Principal
+from fhir_common.errors import FhirError
+
 SETTINGS = ("primary", "acute", "community", "mental-health", "social-care")
 
 
@@ -81,3 +84,20 @@ class FeedRegistry:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.replace(tmp, self.path)
+
+
+def authorise_push(registry: FeedRegistry, principal: Principal, kinds: set[FeedKind]) -> Feed:
+    """The feed a push token speaks for, if it is registered for this kind of input."""
+    if not principal.feed:
+        raise FhirError.single(403, "forbidden", "only a provider feed's token may push data")
+    feed = registry.get(principal.feed)
+    if feed is None:
+        raise FhirError.single(403, "forbidden", f"feed {principal.feed!r} is not registered")
+    if feed.kind not in kinds:
+        allowed = ", ".join(sorted(kinds))
+        raise FhirError.single(
+            403,
+            "forbidden",
+            f"feed {feed.id!r} is a {feed.kind} feed; this endpoint takes {allowed}",
+        )
+    return feed

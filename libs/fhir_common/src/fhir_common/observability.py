@@ -30,6 +30,11 @@ HTTP_LATENCY = Histogram(
     "joinedup_http_request_seconds", "HTTP request latency", ["service", "method"]
 )
 MESSAGES_PUBLISHED = Counter("joinedup_bus_published_total", "Messages published", ["topic"])
+CHANGES_SEEN = Counter(
+    "joinedup_record_changes_seen_total",
+    "record.changes events a service has taken in",
+    ["service", "resource_type"],
+)
 MESSAGES_HANDLED = Counter(
     "joinedup_bus_handled_total", "Messages handled by consumers", ["group", "outcome"]
 )

@@ -1,0 +1,135 @@
+"""Turning a provider's bundle entries into resources we publish.
+
+* Every resource gets its deterministic id (UUIDv5 of feed|type|source id, DESIGN.md), so a
+  resent bundle updates instead of duplicating.
+* References between entries (``urn:uuid:`` full URLs, ``Type/local-id``, absolute URLs) are
+  rewritten to the new ids.
+* ``meta.source`` names the feed and a ``meta.tag`` carries the care setting.
+* NHS numbers are stored in their canonical 10-digit form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from fhir_common.feeds import Feed
+from fhir_common.identifiers import NHS_NUMBER_SYSTEM, normalise_nhs_number, resource_id
+
+SETTING_TAG_SYSTEM = "https://fhir.joinedup.nhs.uk/CodeSystem/care-setting"
+FEED_SOURCE_BASE = "https://fhir.joinedup.nhs.uk/feed/"
+_RELATIVE = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
+
+
+@dataclass
+class Entry:
+    index: int
+    resource: dict[str, Any]
+    full_url: str | None
+    method: str  # POST | PUT (collection entries count as PUT: they are updates)
+
+    @property
+    def resource_type(self) -> str:
+        return str(self.resource["resourceType"])
+
+
+def source_id(entry: Entry) -> str:
+    """What identifies this resource in the provider's own system, as stably as we can tell."""
+    if entry.resource.get("id"):
+        return str(entry.resource["id"])
+    if entry.full_url:
+        return entry.full_url
+    # No id at all: the content itself is the identity (a resend of it is the same resource).
+    return hashlib.sha256(orjson.dumps(entry.resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def assign_ids(entries: list[Entry], feed: Feed) -> dict[str, str]:
+    """Give each entry its deterministic id; return old reference → ``Type/new-id``."""
+    renames: dict[str, str] = {}
+    for entry in entries:
+        old_id = entry.resource.get("id")
+        new_id = resource_id(feed.id, entry.resource_type, source_id(entry))
+        new_ref = f"{entry.resource_type}/{new_id}"
+        if entry.full_url:
+            renames[entry.full_url] = new_ref
+        if old_id:
+            renames[f"{entry.resource_type}/{old_id}"] = new_ref
+        entry.resource["id"] = new_id
+    return renames
+
+
+def rewrite_references(node: Any, renames: Mapping[str, str], feed: Feed) -> None:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str):
+            node["reference"] = resolve_reference(ref, renames, feed)
+        for value in node.values():
+            rewrite_references(value, renames, feed)
+    elif isinstance(node, list):
+        for item in node:
+            rewrite_references(item, renames, feed)
+
+
+def resolve_reference(ref: str, renames: Mapping[str, str], feed: Feed) -> str:
+    """Where ``ref`` points once ids are ours.
+
+    Entries of the same bundle are found in ``renames``. A relative reference to something not
+    in the bundle (``Patient/123``, sent earlier) is mapped the same deterministic way its
+    target was; one that already holds one of our ids (a UUIDv5) is left alone, as are
+    contained (``#x``), ``urn:`` and external references.
+    """
+    if ref in renames:
+        return renames[ref]
+    relative = _relative(ref)
+    if relative in renames:
+        return renames[relative]
+    match = _RELATIVE.fullmatch(ref)
+    if not match or _is_ours(match.group(2)):
+        return ref
+    resource_type, local_id = match.groups()
+    return f"{resource_type}/{resource_id(feed.id, resource_type, local_id)}"
+
+
+def _is_ours(local_id: str) -> bool:
+    try:
+        return uuid.UUID(local_id).version == 5
+    except ValueError:
+        return False
+
+
+def _relative(reference: str) -> str:
+    """``http://host/fhir/Patient/1`` → ``Patient/1`` (a ``_history`` suffix is dropped)."""
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else reference
+
+
+def stamp(resource: dict[str, Any], feed: Feed) -> None:
+    meta = dict(resource.get("meta") or {})
+    meta["source"] = f"{FEED_SOURCE_BASE}{feed.id}"
+    tags = [t for t in meta.get("tag", []) if t.get("system") != SETTING_TAG_SYSTEM]
+    tags.append({"system": SETTING_TAG_SYSTEM, "code": feed.setting})
+    meta["tag"] = tags
+    resource["meta"] = meta
+
+
+def canonical_nhs_numbers(resource: dict[str, Any]) -> None:
+    identifiers = resource.get("identifier")
+    for identifier in identifiers if isinstance(identifiers, list) else []:
+        if isinstance(identifier, dict) and identifier.get("system") == NHS_NUMBER_SYSTEM:
+            normalised = normalise_nhs_number(str(identifier.get("value", "")))
+            if normalised:
+                identifier["value"] = normalised
+
+
+def normalise(entries: list[Entry], feed: Feed) -> None:
+    renames = assign_ids(entries, feed)
+    for entry in entries:
+        rewrite_references(entry.resource, renames, feed)
+        canonical_nhs_numbers(entry.resource)
+        stamp(entry.resource, feed)
