@@ -1,0 +1,110 @@
+"""Fixtures of the cross-service end-to-end tests."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_common.identifiers import NHS_NUMBER_SYSTEM, nhs_check_digit
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+CORE_EXAMPLES = SAMPLES / "fhir-r4-core-examples"
+
+
+def random_nhs_number() -> str:
+    """A valid NHS number in the 999 range (reserved for test data), new for every test run."""
+    rng = random.Random()
+    while True:
+        first_nine = f"999{rng.randrange(10**6):06d}"
+        check = nhs_check_digit(first_nine)
+        if check is not None:
+            return f"{first_nine}{check}"
+
+
+def _sample(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((CORE_EXAMPLES / name).read_text())
+    return data
+
+
+def skeleton_bundle(nhs_number: str, local_id: str | None = None) -> dict[str, Any]:
+    """A transaction Bundle made of the official R4 examples (Patient, Encounter, Condition),
+    the patient given an NHS number and a fresh local id so each test run is its own."""
+    local_id = local_id or f"pat-{uuid.uuid4().hex[:12]}"
+    patient = _sample("Patient-example.json")
+    patient["id"] = local_id
+    patient["identifier"].append({"system": NHS_NUMBER_SYSTEM, "value": nhs_number})
+    encounter = _sample("Encounter-example.json")
+    condition = _sample("Condition-example.json")
+    entries = []
+    for resource in (patient, encounter, condition):
+        if resource is not patient:
+            resource["id"] = f"{resource['id']}-{local_id}"
+            resource["subject"] = {"reference": f"urn:uuid:{local_id}"}
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{resource['id']}",
+                "resource": resource,
+                "request": {"method": "POST", "url": resource["resourceType"]},
+            }
+        )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+@pytest.fixture
+def nhs_number() -> str:
+    return random_nhs_number()
+
+
+@pytest.fixture
+def bundle(nhs_number: str) -> dict[str, Any]:
+    return skeleton_bundle(nhs_number)
+
+
+class Bundles:
+    """Builds the bundles the end-to-end tests push (as a fixture: test modules can't import
+    conftest under importlib mode)."""
+
+    skeleton = staticmethod(skeleton_bundle)
+    nhs_number = staticmethod(random_nhs_number)
+
+    @staticmethod
+    def with_bad_birth_date(bundle: dict[str, Any]) -> dict[str, Any]:
+        broken = copy.deepcopy(bundle)
+        broken["entry"][0]["resource"]["birthDate"] = "1974-13-45"
+        return broken
+
+    @staticmethod
+    def with_nhs_number(bundle: dict[str, Any], value: str) -> dict[str, Any]:
+        changed = copy.deepcopy(bundle)
+        changed["entry"][0]["resource"]["identifier"][-1]["value"] = value
+        return changed
+
+
+@pytest.fixture
+def bundles() -> type[Bundles]:
+    return Bundles
+
+
+@pytest.fixture
+async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
+    """A database of its own on the real PostgreSQL server, dropped afterwards."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    name = f"jd_test_{uuid.uuid4().hex[:10]}"
+    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
