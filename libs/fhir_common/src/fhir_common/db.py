@@ -15,8 +15,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import JSON, Table, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -66,6 +64,10 @@ class Database:
 
 
 def _upgrade(sync_conn: Any, migrations_dir: Path, schema: str) -> None:
+    # Imported here: Alembic costs over a second of every process start otherwise.
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     config.attributes["connection"] = sync_conn
