@@ -2,12 +2,19 @@
 
 * One transactional, idempotent producer (acks=all) per process. Concurrent ``publish`` calls
   are gathered into one Kafka transaction (group commit): each call stays all-or-nothing,
-  while the transaction cost is shared under load.
+  while the transaction cost is shared under load. Every send is acknowledged before the
+  transaction commits, so a record the broker refuses aborts the transaction instead of
+  being silently left out of it. If a shared transaction fails, each call is retried in a
+  transaction of its own, so one bad call does not fail the good calls it was gathered with;
+  after any failure the producer is replaced (a refused record leaves aiokafka's idempotent
+  sequence numbers out of step with the broker's).
 * Consumers read committed data only, commit offsets by hand after the handler succeeded,
   and leave their group cleanly on shutdown (uvicorn turns SIGTERM into the lifespan exit
-  that calls ``stop``).
+  that calls ``stop``). A batch that could not be finished is sought back to and tried again
+  after a pause, never skipped.
 * Topics named by subscriptions and by ``ensure_topics`` are created up front; pattern
-  subscriptions (``fhir.*``) pick up topics created later within ``metadata_max_age_ms``.
+  subscriptions (``fhir.*``) pick up topics created later within ``metadata_max_age_ms``. A
+  pattern must match the whole topic name, as in the in-process bus and in Java clients.
 """
 
 from __future__ import annotations
@@ -21,15 +28,24 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    BrokerResponseError,
+    CommitFailedError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
-from fhir_common.bus.base import Bus, Subscription, deliver
+from fhir_common.bus.base import Bus, Subscription, check_messages, deliver, wait_or_stop
 from fhir_common.events import DEADLETTER, RECORD_CHANGES, Message
 from fhir_common.observability import MESSAGES_PUBLISHED
 
 log = logging.getLogger(__name__)
 
 METADATA_MAX_AGE_MS = 3000
+HEARTBEAT_INTERVAL_MS = 1000  # notice rebalances (members joining or leaving) within a second
+MAX_CALLS_PER_TRANSACTION = 1000
+STOP_TIMEOUT = 30.0  # seconds ``stop`` waits for the last publications
+PAUSE_AFTER_FAILURE = 1.0  # seconds a consumer waits before trying an unfinished batch again
 
 
 @dataclass
@@ -44,70 +60,96 @@ class KafkaBus(Bus):
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.partitions = partitions
+        self._transactional_id = f"{client_id}-{uuid.uuid4()}"
         self._producer: AIOKafkaProducer | None = None
-        self._pending: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._flusher: asyncio.Task[None] | None = None
         self._consumers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._started = False
+        self._accepting = False  # publish() takes new calls
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self._started:
+            return
         self._stopping.clear()
         await self.ensure_topics([DEADLETTER, RECORD_CHANGES])
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            client_id=self.client_id,
-            acks="all",
-            enable_idempotence=True,
-            transactional_id=f"{self.client_id}-{uuid.uuid4()}",
-            linger_ms=2,
-        )
-        await self._producer.start()
+        await self._open_producer()
         self._flusher = asyncio.create_task(self._flush_forever(), name="kafka-publisher")
         self._started = True
-        for subscription in self.subscriptions:
-            await self._start_consumer(subscription)
+        self._accepting = True
+        try:
+            for subscription in self.subscriptions:
+                consumer = await self._open_consumer(subscription)
+                self._spawn_consumer(subscription, consumer)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         self._stopping.set()
-        await asyncio.gather(*self._consumers, return_exceptions=True)
+        # Consumers first: the batch in hand may still publish (its output, dead letters).
+        while running := [task for task in self._consumers if not task.done()]:
+            await asyncio.gather(*running, return_exceptions=True)
         self._consumers.clear()
+        self._accepting = False
         if self._flusher:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        if self._producer:
-            await self._producer.stop()
+            self._pending.put_nowait(None)  # flush what is queued, then end
+            try:
+                await asyncio.wait_for(self._flusher, timeout=STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("Kafka publisher did not finish in time; pending publications fail")
+            except Exception:
+                log.exception("Kafka publisher failed")
+            self._flusher = None
+        while not self._pending.empty():
+            pending = self._pending.get_nowait()
+            if pending is not None and not pending.done.done():
+                pending.done.set_exception(RuntimeError("Kafka bus stopped"))
+        await self._close_producer()
         self._started = False
 
     async def ping(self) -> None:
-        if not self._producer:
-            raise RuntimeError("Kafka producer not started")
+        if not self._started:
+            raise RuntimeError("Kafka bus not started")
+        if self._flusher is None or self._flusher.done():
+            raise RuntimeError("Kafka publisher is not running")
         for task in self._consumers:
             if task.done() and not task.cancelled() and task.exception():
                 raise RuntimeError(f"consumer {task.get_name()} died: {task.exception()!r}")
-        await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout=5)
+        async with asyncio.timeout(5):
+            if self._producer is not None:
+                await self._producer.client.fetch_all_metadata()
+                return
+            # The producer is being replaced after a failed transaction: is the broker there?
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
+            try:
+                await admin.start()
+                await admin.describe_cluster()
+            finally:
+                await admin.close()
 
     def _on_subscribe(self, subscription: Subscription) -> None:
-        if self._started:
-            self._consumers.append(asyncio.create_task(self._consume_later(subscription)))
-
-    async def _consume_later(self, subscription: Subscription) -> None:
-        await self._start_consumer(subscription)
+        if self._started and not self._stopping.is_set():
+            self._spawn_consumer(subscription, None)
 
     async def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create the topics that do not exist yet (``partitions`` partitions each)."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
-        await admin.start()
         try:
+            await admin.start()
             existing = set(await admin.list_topics())
             wanted = [
                 NewTopic(name=t, num_partitions=self.partitions, replication_factor=1)
                 for t in sorted(set(topics) - existing)
             ]
             if wanted:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(wanted)
+                response = await admin.create_topics(wanted)
+                for topic, code, message in response.topic_errors:
+                    error = for_code(code)
+                    if code and error is not TopicAlreadyExistsError:
+                        raise error(f"cannot create topic {topic}: {message}")
         finally:
             await admin.close()
 
@@ -115,45 +157,110 @@ class KafkaBus(Bus):
     async def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        if self._producer is None:
+        if not self._accepting:
             raise RuntimeError("Kafka bus not started")
+        check_messages(messages)  # refuse a malformed call before it can spoil a transaction
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._pending.put(_Pending(messages, done))
+        self._pending.put_nowait(_Pending(messages, done))
         await done
 
     async def _flush_forever(self) -> None:
-        while True:
-            batch = [await self._pending.get()]
-            while not self._pending.empty() and len(batch) < 1000:
-                batch.append(self._pending.get_nowait())
+        closing = False
+        while not closing:
+            first = await self._pending.get()
+            if first is None:
+                break
+            batch = [first]
+            while not self._pending.empty() and len(batch) < MAX_CALLS_PER_TRANSACTION:
+                pending = self._pending.get_nowait()
+                if pending is None:
+                    closing = True
+                    break
+                batch.append(pending)
+            await self._flush([p for p in batch if not p.done.done()])
+
+    async def _flush(self, batch: Sequence[_Pending]) -> None:
+        """Publish the calls in ``batch`` in one transaction, or each in its own."""
+        if not batch:
+            return
+        try:
+            await self._send_in_transaction(batch)
+        except Exception as error:
+            await self._close_producer()
+            if len(batch) == 1 or not _refused(error):
+                # One call, or the broker is away: every call fails, its caller decides.
+                for pending in batch:
+                    _settle(pending, error)
+                return
+            log.warning(
+                "group transaction failed; publishing its calls one by one",
+                extra={"calls": len(batch), "error": repr(error)},
+            )
+            await self._flush_one_by_one(batch)
+        else:
+            for pending in batch:
+                _settle(pending, None)
+
+    async def _flush_one_by_one(self, batch: Sequence[_Pending]) -> None:
+        for number, pending in enumerate(batch):
             try:
-                await self._send_in_transaction(batch)
+                await self._send_in_transaction([pending])
             except Exception as error:
-                for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(error)
+                await self._close_producer()
+                _settle(pending, error)
+                if not _refused(error):
+                    for rest in batch[number + 1 :]:
+                        _settle(rest, error)
+                    return
             else:
-                for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_result(None)
+                _settle(pending, None)
 
     async def _send_in_transaction(self, batch: Sequence[_Pending]) -> None:
-        assert self._producer is not None
-        async with self._producer.transaction():
-            for pending in batch:
-                for message in pending.messages:
-                    await self._producer.send(
-                        message.topic,
-                        value=message.value,
-                        key=message.key.encode(),
-                        headers=[(k, v.encode()) for k, v in message.headers.items()],
-                    )
+        producer = self._producer or await self._open_producer()
+        async with producer.transaction():
+            sent = [
+                await producer.send(
+                    message.topic,
+                    value=message.value,
+                    key=message.key.encode(),
+                    headers=[(k, v.encode()) for k, v in message.headers.items()],
+                )
+                for pending in batch
+                for message in pending.messages
+            ]
+            # aiokafka commits a transaction even if some of its records were refused:
+            # wait for every acknowledgement, so that a refusal aborts the transaction.
+            outcomes = await asyncio.gather(*sent, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         for pending in batch:
             for message in pending.messages:
                 MESSAGES_PUBLISHED.labels(message.topic).inc()
 
+    async def _open_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=self._transactional_id,
+            linger_ms=2,
+        )
+        await producer.start()
+        self._producer = producer
+        return producer
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await producer.stop()
+            except Exception:
+                log.warning("error while closing the Kafka producer", exc_info=True)
+
     # -- consuming -------------------------------------------------------------------------
-    async def _start_consumer(self, subscription: Subscription) -> None:
+    async def _open_consumer(self, subscription: Subscription) -> AIOKafkaConsumer:
         if subscription.topics:
             await self.ensure_topics(subscription.topics)
         consumer = AIOKafkaConsumer(
@@ -164,22 +271,43 @@ class KafkaBus(Bus):
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             max_poll_records=subscription.max_batch,
         )
         if subscription.pattern:
-            consumer.subscribe(pattern=subscription.pattern)
+            # aiokafka only anchors a pattern at the start; match whole names like Java does.
+            consumer.subscribe(pattern=rf"(?:{subscription.pattern})\Z")
         else:
             consumer.subscribe(topics=list(subscription.topics))
         await consumer.start()
+        return consumer
+
+    def _spawn_consumer(
+        self, subscription: Subscription, consumer: AIOKafkaConsumer | None
+    ) -> None:
         task = asyncio.create_task(
-            self._consume(consumer, subscription), name=f"kafka:{subscription.group}"
+            self._consume(subscription, consumer), name=f"kafka:{subscription.group}"
         )
         self._consumers.append(task)
 
-    async def _consume(self, consumer: AIOKafkaConsumer, subscription: Subscription) -> None:
+    async def _consume(self, subscription: Subscription, consumer: AIOKafkaConsumer | None) -> None:
+        group = subscription.group
+        if consumer is None:
+            try:
+                consumer = await self._open_consumer(subscription)
+            except Exception:
+                log.exception("Kafka consumer could not start", extra={"group": group})
+                raise
         try:
             while not self._stopping.is_set():
-                fetched = await consumer.getmany(timeout_ms=500, max_records=subscription.max_batch)
+                try:
+                    fetched = await consumer.getmany(
+                        timeout_ms=500, max_records=subscription.max_batch
+                    )
+                except Exception:
+                    log.exception("Kafka fetch failed", extra={"group": group})
+                    await wait_or_stop(self._stopping, PAUSE_AFTER_FAILURE)
+                    continue
                 if not fetched:
                     continue
                 batch = [_message(r) for records in fetched.values() for r in records]
@@ -188,13 +316,32 @@ class KafkaBus(Bus):
                 except Exception:
                     if self._stopping.is_set():
                         return  # not committed: another member or the next start redelivers
-                    raise
+                    # Dead-lettering failed: go back to the batch and try it again later.
+                    log.exception("Kafka consumer batch failed", extra={"group": group})
+                    _rewind(consumer, fetched)
+                    await wait_or_stop(self._stopping, PAUSE_AFTER_FAILURE)
+                    continue
                 await _commit(consumer, fetched)
-        except Exception:
-            log.exception("Kafka consumer stopped on error", extra={"group": subscription.group})
-            raise
         finally:
             await consumer.stop()
+
+
+def _refused(error: BaseException) -> bool:
+    """Did the broker (or the client's own checks) refuse a record for what it is?
+
+    Then only the call holding it fails; other errors (broker away, time-outs, fencing) would
+    fail any call just the same.
+    """
+    return isinstance(error, BrokerResponseError) and not error.retriable
+
+
+def _settle(pending: _Pending, error: BaseException | None) -> None:
+    if pending.done.done():
+        return
+    if error is None:
+        pending.done.set_result(None)
+    else:
+        pending.done.set_exception(error)
 
 
 async def _commit(
@@ -209,12 +356,23 @@ async def _commit(
         log.warning("offset commit failed after rebalance; messages will be redelivered")
 
 
+def _rewind(
+    consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
+) -> None:
+    for tp, records in fetched.items():
+        if records:
+            # A partition revoked meanwhile is re-read from the commit by its new owner.
+            with contextlib.suppress(Exception):
+                consumer.seek(tp, records[0].offset)
+
+
 def _message(record: ConsumerRecord) -> Message:
+    # Foreign producers may send anything: never let a header or key kill the consumer.
     return Message(
         topic=record.topic,
-        key=record.key.decode() if record.key else "",
+        key=record.key.decode(errors="replace") if record.key else "",
         value=record.value or b"",
-        headers={k: v.decode() for k, v in (record.headers or ())},
+        headers={k: (v or b"").decode(errors="replace") for k, v in (record.headers or ())},
         partition=record.partition,
         offset=record.offset,
     )

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from fhir_common.bus.base import Bus, Subscription, deliver
+from fhir_common.bus.base import Bus, Subscription, check_messages, deliver, wait_or_stop
 from fhir_common.events import Message
 from fhir_common.observability import MESSAGES_PUBLISHED
 
@@ -64,10 +64,12 @@ class InProcessBus(Bus):
         self._new_data = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._running = False
-        self._busy: set[str] = set()  # groups in the middle of a batch
+        self._busy = 0  # members in the middle of a batch
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self._running:
+            return
         self._running = True
         self._stopping.clear()
         for members in self._members.values():
@@ -102,6 +104,7 @@ class InProcessBus(Bus):
 
     # -- publishing ------------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message]) -> None:
+        check_messages(messages)  # all or nothing: refuse a bad call before appending any of it
         # No await between appends: the whole call becomes visible at once.
         for message in messages:
             partitions = self._topics.setdefault(
@@ -109,7 +112,12 @@ class InProcessBus(Bus):
             )
             number = partition_for(message.key, self.partitions)
             partition = partitions[number]
-            partition.messages.append(replace(message, partition=number, offset=partition.end))
+            # Our own copy of the headers, as if serialised: later changes by the caller are
+            # not seen by consumers.
+            delivered = replace(
+                message, headers=dict(message.headers), partition=number, offset=partition.end
+            )
+            partition.messages.append(delivered)
             MESSAGES_PUBLISHED.labels(message.topic).inc()
         async with self._new_data:
             self._new_data.notify_all()
@@ -151,16 +159,18 @@ class InProcessBus(Bus):
                     if not self._next_batch(member)[0] and not self._stopping.is_set():
                         await self._new_data.wait()
                 continue
-            self._busy.add(group)
+            self._busy += 1
             try:
                 await deliver(self, member.subscription, batch, self._stopping)
             except Exception:
                 if self._stopping.is_set():
                     return  # not committed: redelivered on the next start
+                # Dead-lettering failed: not committed, so the batch comes again after a pause.
                 log.exception("in-process consumer failed", extra={"group": group})
+                await wait_or_stop(self._stopping, 1.0)
                 continue
             finally:
-                self._busy.discard(group)
+                self._busy -= 1
             for (topic, number), offset in positions.items():
                 self._offsets[(group, topic, number)] = offset
             self._trim()
@@ -182,7 +192,9 @@ class InProcessBus(Bus):
         for topic, partitions in self._topics.items():
             for group in {s.group for s in self.subscriptions if s.matches(topic)}:
                 for number, partition in enumerate(partitions):
-                    total += partition.end - self._offsets.get((group, topic, number), 0)
+                    # A group that subscribed after a trim starts at the oldest message kept.
+                    offset = max(self._offsets.get((group, topic, number), 0), partition.base)
+                    total += partition.end - offset
         return total
 
     async def wait_idle(self) -> None:
