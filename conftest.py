@@ -84,6 +84,9 @@ def kafka_bootstrap() -> Iterator[str]:
         .with_kraft()
         .with_env("KAFKA_NUM_PARTITIONS", "6")
         .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "true")
+        # a single broker: our transactional producer needs these at 1
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
     )
     with kafka:
         yield kafka.get_bootstrap_server()

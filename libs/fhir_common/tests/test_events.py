@@ -23,7 +23,7 @@ from fhir_common.events import (
     now_iso,
     resource_type_of_topic,
 )
-from fhir_common.observability import new_traceparent
+from fhir_common.observability import current_traceparent, new_traceparent, trace_id
 
 ISO_MILLIS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -93,7 +93,19 @@ def test_event_ids_are_unique_and_occurred_at_can_be_given() -> None:
     assert len({h[Header.EVENT_ID] for h in many}) == 100
     given = event_headers(source="s", setting="acute", occurred_at="2024-01-02T03:04:05.000Z")
     assert given[Header.OCCURRED_AT] == "2024-01-02T03:04:05.000Z"
-    assert Header.TRACEPARENT not in given  # only when there is a trace
+    # every message carries a trace (DESIGN.md): a new one when nothing is being traced
+    assert trace_id(given[Header.TRACEPARENT]) is not None
+
+
+def test_headers_continue_the_current_trace() -> None:
+    parent = new_traceparent()
+    token = current_traceparent.set(parent)
+    try:
+        headers = event_headers(source="s", setting="acute")
+    finally:
+        current_traceparent.reset(token)
+    assert trace_id(headers[Header.TRACEPARENT]) == trace_id(parent)
+    assert headers[Header.TRACEPARENT] != parent  # a child span, not the same one
 
 
 def test_header_names() -> None:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from fhir_common.observability import child_traceparent, current_traceparent
+
 RECORD_CHANGES = "record.changes"
 DEADLETTER = "deadletter"
 FHIR_TOPIC_PREFIX = "fhir."
@@ -70,16 +72,18 @@ def event_headers(
     occurred_at: str | None = None,
     traceparent: str | None = None,
 ) -> dict[str, str]:
-    """The headers DESIGN.md requires on every message."""
-    headers = {
+    """The headers DESIGN.md requires on every message.
+
+    Without an explicit ``traceparent`` the message continues the current trace (the HTTP
+    request or message being handled) in a new span, or starts a trace of its own.
+    """
+    return {
         Header.EVENT_ID: str(uuid.uuid4()),
         Header.SOURCE: source,
         Header.SETTING: setting,
         Header.OCCURRED_AT: occurred_at or now_iso(),
+        Header.TRACEPARENT: traceparent or child_traceparent(current_traceparent.get()),
     }
-    if traceparent:
-        headers[Header.TRACEPARENT] = traceparent
-    return headers
 
 
 def fhir_message(resource: Mapping[str, object], key: str, headers: Mapping[str, str]) -> Message:

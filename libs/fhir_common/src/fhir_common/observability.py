@@ -1,9 +1,9 @@
 """Structured JSON logs, Prometheus metrics, and W3C trace context from HTTP to Kafka and on.
 
 The trace context is a ``traceparent`` string held in a context variable: the HTTP middleware
-sets it from the request (or starts a new trace), the bus copies it into message headers, and
-a consumer sets it from the message it handles, so one trace id follows an event from the
-provider's push to every service it touches.
+sets it from the request (or starts a new trace), ``events.event_headers`` puts a child of it on
+every message published, and the bus sets it from the message a handler handles, so one trace
+id follows an event from the provider's push to every service it touches.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from fhir_common.auth import Principal
 from fhir_common.errors import FhirError, Issue, operation_outcome
 from fhir_common.events import Message, event_headers, fhir_message
 from fhir_common.feeds import Feed
-from fhir_common.observability import current_traceparent
 from fhir_common.patient_directory import keys_of
 from fhir_common.service import ServiceContext
 from fhir_common.validation import parse_json, validate_resource
@@ -131,9 +130,7 @@ def to_messages(
     entries: Sequence[Entry], feed: Feed, patient_keys: Mapping[str, str]
 ) -> list[Message]:
     """Wrap each normalised entry in its ``fhir.<Type>`` message, keyed by its patient."""
-    headers = event_headers(
-        source=feed.id, setting=feed.setting, traceparent=current_traceparent.get()
-    )
+    headers = event_headers(source=feed.id, setting=feed.setting)
     return [
         fhir_message(e.resource, key_for(e.resource, feed, patient_keys), headers) for e in entries
     ]
