@@ -1,0 +1,3 @@
+from joinedup.bench.cli import main
+
+main()

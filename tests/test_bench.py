@@ -1,0 +1,57 @@
+"""The benchmark command runs end to end at quick sizes and writes its JSON report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from typer.testing import CliRunner
+
+from joinedup.bench.cli import app
+from joinedup.bench.registry import REGISTRY, percentile
+
+QUICK = ["bus.inprocess.throughput", "skeleton.embedded.ingest"]
+
+
+def test_quick_run_writes_positive_results(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "bench.json"
+    args = ["--quick", "--out", str(out)]
+    for name in QUICK:
+        args += ["--only", name]
+
+    outcome = CliRunner().invoke(app, args)
+
+    assert outcome.exit_code == 0, outcome.output
+    report = orjson.loads(out.read_bytes())
+    assert report["machine"]["cores"] >= 1
+    assert report["machine"]["python"]
+    assert report["machine"]["platform"]
+    assert report["started_at"]
+    assert report["failed"] == []
+    assert report["skipped"] == []
+    results = {r["name"]: r for r in report["results"]}
+    assert set(QUICK) <= set(results)
+    for name in QUICK:
+        result = results[name]
+        assert result["value"] > 0, result
+        assert result["seconds"] > 0, result
+        assert result["unit"], result
+        assert result["params"], result
+    embedded = results["skeleton.embedded.ingest"]["params"]
+    assert embedded["resources_in_record"] >= embedded["resources"] > 0
+    assert "skeleton.embedded.ingest" in outcome.output
+
+
+def test_unknown_benchmark_is_refused(tmp_path: Path) -> None:
+    outcome = CliRunner().invoke(app, ["--only", "no.such.bench", "--out", str(tmp_path / "x")])
+    assert outcome.exit_code == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_registry_and_percentiles() -> None:
+    assert {"bus.inprocess.throughput", "bus.kafka.throughput"} <= set(REGISTRY)
+    assert {"skeleton.embedded.ingest", "skeleton.distributed.ingest"} <= set(REGISTRY)
+    sample = [float(n) for n in range(1, 101)]
+    assert percentile(sample, 0.5) == 50.0
+    assert percentile(sample, 0.99) == 99.0
+    assert percentile([3.0], 0.99) == 3.0
