@@ -87,6 +87,7 @@ def kafka_bootstrap() -> Iterator[str]:
         # a single broker: our transactional producer needs these at 1
         .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
         .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env("KAFKA_MESSAGE_MAX_BYTES", "67108864")
     )
     with kafka:
         yield kafka.get_bootstrap_server()

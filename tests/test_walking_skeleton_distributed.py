@@ -239,6 +239,10 @@ async def test_bad_push_is_refused_and_dead_lettered_on_kafka(
     deployment: Deployment, client: httpx.AsyncClient, bundle: dict, bundles: Any
 ) -> None:
     broken = bundles.with_bad_birth_date(bundle)
+    # 2 MB: over Kafka's default 1 MB message limit, so the dead letter proves ours is raised
+    broken["entry"][1]["resource"]["text"]["div"] = (
+        '<div xmlns="http://www.w3.org/1999/xhtml">' + "x" * 2_000_000 + "</div>"
+    )
     body = orjson.dumps(broken)
     response = await client.post(
         f"{deployment.urls['ingest-gp']}/fhir", content=body, headers=deployment.feed_headers

@@ -26,7 +26,15 @@ def create_embedded_app(
 ) -> FastAPI:
     """The whole platform as one ASGI app; ``on_started`` runs once everything consumes."""
     bus = InProcessBus()
-    settings = {"mode": Mode.EMBEDDED, "data_dir": data_dir, **(overrides or {})}
+    # Embedded means SQLite and the in-process bus, whatever JOINEDUP_DATABASE_URL or
+    # JOINEDUP_KAFKA_BOOTSTRAP say (make test exports them for the distributed tests).
+    settings = {
+        "mode": Mode.EMBEDDED,
+        "data_dir": data_dir,
+        "database_url": None,
+        "kafka_bootstrap": None,
+        **(overrides or {}),
+    }
     services = {name: entry.build(bus, **settings) for name, entry in SERVICES.items()}
 
     @contextlib.asynccontextmanager

@@ -3,8 +3,9 @@ OperationOutcomes, trace propagation, token verification and the lifespan."""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,17 @@ from fhir_common.settings import Mode, Settings
 
 FHIR_JSON = "application/fhir+json"
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_joinedup_environment() -> Iterator[None]:
+    """Settings come from the tests, not from whatever JOINEDUP_* the shell exports (a
+    distributed-mode shell would otherwise change the mode, feeds file, issuer or database)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in list(os.environ):
+            if name.startswith("JOINEDUP_"):
+                monkeypatch.delenv(name)
+        yield
 
 
 def probe_router() -> APIRouter:

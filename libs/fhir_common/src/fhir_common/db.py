@@ -132,6 +132,9 @@ async def upsert(
     insert_for = sqlite_insert if dialect == "sqlite" else postgresql_insert
     statement = insert_for(table)
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    if not updates:  # nothing but the key: a row that is there already is already right
+        await session.execute(statement.on_conflict_do_nothing(index_elements=list(keys)), rows)
+        return
     await session.execute(
         statement.on_conflict_do_update(index_elements=list(keys), set_=updates), list(rows)
     )

@@ -149,3 +149,23 @@ def _probes(service: str) -> APIRouter:
         return fhir_response({"status": "ready", "service": service})
 
     return router
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes
+    (from Content-Length, or while streaming), so an oversized push is never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> FhirError:
+    return FhirError.single(413, "too-costly", f"request body larger than {limit} bytes")

@@ -10,6 +10,7 @@ Whatever is rejected is kept, as sent, on the dead-letter topic.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from fhir_common.feeds import Feed
 from fhir_common.patient_directory import keys_of
 from fhir_common.service import ServiceContext
 from fhir_common.validation import parse_json, validate_resource
-from ingest_gp.normalise import Entry, normalise
+from ingest_gp.normalise import Entry, canonical_nhs_numbers, normalise
 from ingest_gp.patients import key_for, own_key, patient_reference
 from ingest_gp.tables import patient_keys
 
@@ -80,8 +81,8 @@ def _check_entry(
     index: int, raw: Any, bundle_type: str, principal: Principal
 ) -> tuple[Entry | None, int, list[Issue]]:
     path = f"Bundle.entry[{index}]"
-    if not isinstance(raw, dict) or not isinstance(raw.get("resource"), dict):
-        return None, 422, [Issue("required", "entry has no resource", expression=[path])]
+    if not isinstance(raw, dict):
+        return None, 422, [Issue("structure", "entry is not a JSON object", expression=[path])]
     method = _method(raw, bundle_type)
     if method not in SUPPORTED_METHODS:
         issue = Issue(
@@ -90,7 +91,11 @@ def _check_entry(
             expression=[f"{path}.request.method"],
         )
         return None, 422, [issue]
-    resource = raw["resource"]
+    if not isinstance(raw.get("resource"), dict):
+        return None, 422, [Issue("required", "entry has no resource", expression=[path])]
+    # A copy, so that a refused entry is dead-lettered exactly as it was sent.
+    resource = copy.deepcopy(raw["resource"])
+    canonical_nhs_numbers(resource)  # "943 476 5919" is a valid NHS number, written for people
     issues = validate_resource(resource, path=f"{path}.resource")
     if issues:
         return None, 422, issues

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from fhir_common.auth import Principal, get_principal
 from fhir_common.errors import FhirError, fhir_response
 from fhir_common.feeds import FeedKind, authorise_push
-from fhir_common.service import ServiceContext, context
+from fhir_common.service import ServiceContext, context, read_limited
 from ingest_gp.bundles import receive_bundle
 from ingest_gp.settings import IngestGpSettings
 
@@ -37,7 +37,5 @@ async def push_bundle(
         )
     settings = ctx.settings
     assert isinstance(settings, IngestGpSettings)
-    body = await request.body()
-    if len(body) > settings.ingest_gp_max_bundle_bytes:
-        raise FhirError.single(413, "too-costly", "bundle larger than the configured limit")
+    body = await read_limited(request, settings.ingest_gp_max_bundle_bytes)
     return fhir_response(await receive_bundle(ctx, feed, principal, body))

@@ -56,7 +56,10 @@ def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def parse(message: Message) -> dict[str, Any]:
     """The resource a ``fhir.<Type>`` message carries; bad data is a PermanentError."""
-    resource = orjson.loads(message.value)
+    try:
+        resource = orjson.loads(message.value)
+    except orjson.JSONDecodeError as error:
+        raise PermanentError(f"message value is not JSON: {error}") from error
     if not isinstance(resource, dict):
         raise PermanentError("message value is not a JSON object")
     expected = resource_type_of_topic(message.topic)

@@ -42,6 +42,9 @@ from fhir_common.observability import MESSAGES_PUBLISHED
 log = logging.getLogger(__name__)
 
 METADATA_MAX_AGE_MS = 3000
+# A refused 50 MB bundle must still fit on the dead-letter topic with its error headers; the
+# broker's message.max.bytes (deploy/kafka/server.properties, docker-compose.yml) matches.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 HEARTBEAT_INTERVAL_MS = 1000  # notice rebalances (members joining or leaving) within a second
 MAX_CALLS_PER_TRANSACTION = 1000
 STOP_TIMEOUT = 30.0  # seconds ``stop`` waits for the last publications
@@ -246,6 +249,7 @@ class KafkaBus(Bus):
             enable_idempotence=True,
             transactional_id=self._transactional_id,
             linger_ms=2,
+            max_request_size=MAX_MESSAGE_BYTES,
         )
         await producer.start()
         self._producer = producer
@@ -273,6 +277,8 @@ class KafkaBus(Bus):
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             max_poll_records=subscription.max_batch,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=MAX_MESSAGE_BYTES,
         )
         if subscription.pattern:
             # aiokafka only anchors a pattern at the start; match whole names like Java does.
