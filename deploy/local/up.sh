@@ -92,7 +92,17 @@ kafka_start() {
         return 0
     fi
     if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
-        die "something else listens on $KAFKA_HOST:$KAFKA_PORT (not our broker); stop it first"
+        # Another checkout's broker (or one left by an earlier session) is as good as ours
+        # if it speaks Kafka; anything else on the port is an error.
+        command -v java >/dev/null 2>&1 || ensure_java_and_maven
+        fetch_kafka
+        if kafka_tool kafka.admin.BrokerApiVersionsCommand \
+            --bootstrap-server "$KAFKA_HOST:$KAFKA_PORT" >/dev/null 2>&1; then
+            log "reusing the Kafka broker already answering on $KAFKA_HOST:$KAFKA_PORT"
+            KAFKA_FOREIGN=1
+            return 0
+        fi
+        die "something else listens on $KAFKA_HOST:$KAFKA_PORT (not a Kafka broker); stop it first"
     fi
     command -v java >/dev/null 2>&1 || ensure_java_and_maven
     fetch_kafka
@@ -114,6 +124,7 @@ kafka_start() {
 
 kafka_wait() {
     local pid="" start="$SECONDS"
+    [ "${KAFKA_FOREIGN:-0}" = 1 ] && return 0
     while :; do
         if ! pid="$(kafka_pid)"; then
             # Right after the start the pidfile may not be written yet, or its pid may not
