@@ -21,6 +21,7 @@ from fhir_common.bus import InProcessBus
 from fhir_common.events import DEADLETTER, RECORD_CHANGES, Message
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM
+from fhir_common.observability import trace_id
 from fhir_common.settings import Settings
 from joinedup.embedded import create_embedded_app
 from joinedup.tokens import feed_token, user_token
@@ -205,3 +206,23 @@ async def test_no_patient_data_without_a_valid_token(
         )
         assert refused.status_code == 403
         assert refused.json()["issue"][0]["code"] == "forbidden"
+
+
+async def test_trace_context_follows_the_push_to_record_changes(
+    platform: Platform, bundle: dict
+) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace}-00f067aa0ba902b7-01"
+    response = await platform.client.post(
+        "/ingest-gp/fhir",
+        content=orjson.dumps(bundle),
+        headers={**platform.feed_headers, "traceparent": traceparent},
+    )
+    async with asyncio.timeout(10):
+        await platform.bus.wait_idle()
+    assert trace_id(response.headers["traceparent"]) == trace
+    assert len(platform.changes) == 3
+    for change in platform.changes:
+        # the same trace, each hop in a span of its own
+        assert trace_id(change.headers["traceparent"]) == trace
+        assert change.headers["traceparent"] != traceparent
