@@ -43,6 +43,7 @@ class Deployment:
     urls: dict[str, str]
     signer: LocalSigner
     kafka: str
+    group_prefix: str
 
     def token(self, **claims: Any) -> str:
         return self.signer.mint(issuer=ISSUER, audience=AUDIENCE, **claims)
@@ -62,6 +63,7 @@ def deployment(
     tmp_path: Path, fresh_database_url: str, kafka_bootstrap: str
 ) -> Iterator[Deployment]:
     signer = LocalSigner.load_or_create(tmp_path / "issuer" / "key.pem")
+    group_prefix = f"test-{uuid.uuid4().hex[:8]}."
     public_key = tmp_path / "public.pem"
     public_key.write_text(signer.public_key_pem())
     feeds = tmp_path / "feeds.json"
@@ -76,6 +78,8 @@ def deployment(
         "JOINEDUP_AUTH_AUDIENCE": AUDIENCE,
         "JOINEDUP_FEEDS_FILE": str(feeds),
         "JOINEDUP_DATA_DIR": str(tmp_path),
+        # our own consumer groups: another run on the same broker must not take our partitions
+        "JOINEDUP_KAFKA_GROUP_PREFIX": group_prefix,
     }
     urls: dict[str, str] = {}
     processes: list[subprocess.Popen[bytes]] = []
@@ -93,7 +97,7 @@ def deployment(
             )
             urls[service] = f"http://127.0.0.1:{port}"
         _wait_ready(urls, tmp_path)
-        yield Deployment(urls, signer, kafka_bootstrap)
+        yield Deployment(urls, signer, kafka_bootstrap, group_prefix)
     finally:
         for process in processes:
             process.terminate()  # SIGTERM: the graceful path
@@ -226,7 +230,9 @@ async def test_bundle_flows_through_kafka_into_postgres(
     assert again.json() == pushed.json()
 
     async def caught_up() -> bool | None:
-        return True if await _lag(deployment.kafka, "record") == 0 else None
+        return (
+            True if await _lag(deployment.kafka, f"{deployment.group_prefix}record") == 0 else None
+        )
 
     await _eventually(caught_up)
     patient = await client.get(f"{record}/fhir/Patient/{patient_id}", headers=deployment.reader)

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         default=None, description="Kafka bootstrap servers; required in distributed mode"
     )
     kafka_partitions: int = Field(default=6, description="partitions of topics we create")
+    kafka_group_prefix: str = Field(
+        default="", description="prefix of consumer group ids (several deployments, one cluster)"
+    )
     feeds_file: Path | None = Field(
         default=None, description="feed registry (JSON); default data_dir/feeds.json"
     )

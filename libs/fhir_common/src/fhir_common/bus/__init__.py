@@ -23,5 +23,8 @@ def create_bus(settings: Settings, client_id: str) -> Bus:
     if not settings.kafka_bootstrap:
         raise ValueError("JOINEDUP_KAFKA_BOOTSTRAP is required in distributed mode")
     return KafkaBus(
-        settings.kafka_bootstrap, client_id=client_id, partitions=settings.kafka_partitions
+        settings.kafka_bootstrap,
+        client_id=client_id,
+        partitions=settings.kafka_partitions,
+        group_prefix=settings.kafka_group_prefix,
     )

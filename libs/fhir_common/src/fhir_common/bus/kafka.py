@@ -58,10 +58,14 @@ class _Pending:
 
 
 class KafkaBus(Bus):
-    def __init__(self, bootstrap: str, *, client_id: str, partitions: int = 6) -> None:
+    def __init__(
+        self, bootstrap: str, *, client_id: str, partitions: int = 6, group_prefix: str = ""
+    ) -> None:
         super().__init__()
         self.bootstrap = bootstrap
         self.client_id = client_id
+        # Deployments (or test runs) sharing one cluster keep their consumer groups apart.
+        self.group_prefix = group_prefix
         self.partitions = partitions
         self._transactional_id = f"{client_id}-{uuid.uuid4()}"
         self._producer: AIOKafkaProducer | None = None
@@ -270,7 +274,7 @@ class KafkaBus(Bus):
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             client_id=self.client_id,
-            group_id=subscription.group,
+            group_id=f"{self.group_prefix}{subscription.group}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
