@@ -14,10 +14,12 @@ from rich.console import Console
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.settings import Settings
 from joinedup.services import SERVICES
+from joinedup.synth.cli import synth_app
 
 app = typer.Typer(help="JoinedUp: joined-up care on FHIR R4 and Kafka.", no_args_is_help=True)
 feeds_app = typer.Typer(help="Provider feeds that may push data.", no_args_is_help=True)
 app.add_typer(feeds_app, name="feeds")
+app.add_typer(synth_app, name="synth")
 console = Console(stderr=True)
 
 DataDir = Annotated[
@@ -52,17 +54,21 @@ def run(
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Load demo data")] = True,
 ) -> None:
     """Run the whole platform in one process (embedded mode)."""
-    from joinedup.demo import load_demo
     from joinedup.embedded import create_embedded_app
+    from joinedup.synth.demo import load_synthetic_demo
 
     async def announce(app: FastAPI) -> None:
         if demo:
-            loaded = await load_demo(app)
-            console.print(f"[green]Demo data loaded:[/] {loaded} patients")
+            loaded = await load_synthetic_demo(app)
+            console.print(
+                f"[green]Demo data loaded:[/] {loaded['acknowledged']:,} messages acknowledged, "
+                f"{loaded['rejected']:,} rejected (of {loaded['messages_in_world']:,} generated)"
+            )
         console.print(
             f"[bold]JoinedUp is running:[/] http://{host}:{port}/\n"
             f"  a token:        uv run joinedup token --data-dir {data_dir}\n"
-            f"  a feed's token: uv run joinedup token --feed gp-demo --data-dir {data_dir}\n"
+            f"  a feed's token: uv run joinedup token --feed gp-y90001 --data-dir {data_dir}\n"
+            f"  the feeds:      uv run joinedup feeds list --data-dir {data_dir}\n"
             f"  API docs:       http://{host}:{port}/record/docs"
         )
 

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from joinedup.bench import bus, skeleton  # noqa: F401 - importing them registers their benchmarks
+from joinedup.bench import bus, services, skeleton  # noqa: F401 - importing registers them
 from joinedup.bench.registry import REGISTRY, Benchmark, Context, Result, Skip
 
 app = typer.Typer(help="JoinedUp benchmarks.", add_completion=False)

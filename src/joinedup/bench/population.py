@@ -1,6 +1,6 @@
 """Transaction bundles of realistic size for the ingest benchmarks.
 
-Built like ``joinedup.demo.patient_bundle`` (PUT entries with local ids and ``Patient/<id>``
+Built like the GP feed of ``joinedup.synth`` (PUT entries with local ids and ``Patient/<id>``
 references that ingest-gp rewrites), but each a GP's view of one person with a history:
 a Patient, 3-5 Encounters carrying their reasons and diagnoses inline, 2-4 Conditions and 4-8
 Observations, so 10-18 resources a bundle. Every patient has an NHS number of its own.

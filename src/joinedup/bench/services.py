@@ -1,0 +1,39 @@
+"""Benchmarks that live with the code they measure, adapted to the registry.
+
+A part of the platform writes its benchmark next to its own code as a function that returns
+``{"name", "value", "unit", "params"}`` dicts (so it needs nothing from this package); this
+module registers each under its name and turns the dicts into ``Result``s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from joinedup.bench.registry import Context, Result, benchmark
+
+
+def as_results(figures: Iterable[Mapping[str, Any]], seconds: float) -> list[Result]:
+    return [
+        Result(
+            name=str(f["name"]),
+            value=float(f["value"]),
+            unit=str(f["unit"]),
+            params=dict(f.get("params") or {}),
+            seconds=seconds,
+        )
+        for f in figures
+    ]
+
+
+@benchmark("synth.generate", "Synthetic population: patients generated per minute, peak memory")
+async def synth_generate(ctx: Context) -> list[Result]:
+    from joinedup.synth.bench import synth_generation_benchmark
+
+    patients = ctx.size(50_000, 1_000)
+    began = time.perf_counter()
+    # CPU-bound in worker processes: a thread keeps the event loop (and progress) alive.
+    figures = await asyncio.to_thread(synth_generation_benchmark, patients=patients)
+    return as_results(figures, time.perf_counter() - began)
