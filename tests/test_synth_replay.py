@@ -32,7 +32,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
     logging.getLogger().setLevel(logging.WARNING)
     app = create_embedded_app(tmp_path)
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             http.app = app  # type: ignore[attr-defined]

@@ -58,7 +58,7 @@ class Platform:
 async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
     FeedRegistry(Settings(data_dir=tmp_path).resolved_feeds_file()).add(FEED)
     app = create_embedded_app(tmp_path)
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             bus: InProcessBus = app.state.bus

@@ -40,10 +40,11 @@ def create_embedded_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            # Runs last: every service has stopped taking input before the bus stops.
+            stack.push_async_callback(bus.stop)
             for service in services.values():
                 await stack.enter_async_context(service.router.lifespan_context(service))
             await bus.start()
-            stack.push_async_callback(bus.stop)
             if on_started:
                 await on_started(app)
             yield

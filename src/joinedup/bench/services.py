@@ -37,3 +37,34 @@ async def synth_generate(ctx: Context) -> list[Result]:
     # CPU-bound in worker processes: a thread keeps the event loop (and progress) alive.
     figures = await asyncio.to_thread(synth_generation_benchmark, patients=patients)
     return as_results(figures, time.perf_counter() - began)
+
+
+@benchmark("ingest_acute.mllp_to_kafka", "HL7 v2 ADT over MLLP to Kafka: messages/s, ACK p50/p99")
+async def ingest_acute_mllp_to_kafka(ctx: Context) -> list[Result]:
+    from ingest_acute.bench import mllp_to_kafka
+
+    bootstrap = ctx.env("JOINEDUP_KAFKA_BOOTSTRAP")
+    database = ctx.env("JOINEDUP_DATABASE_URL")
+    began = time.perf_counter()
+    figures = await mllp_to_kafka(
+        kafka_bootstrap=bootstrap, database_url=database, patients=ctx.size(1500, 100)
+    )
+    return as_results(figures, time.perf_counter() - began)
+
+
+@benchmark("ingest_acute.mllp_in_process", "HL7 v2 ADT over MLLP, embedded mode")
+async def ingest_acute_mllp_in_process(ctx: Context) -> list[Result]:
+    from ingest_acute.bench import mllp_in_process
+
+    began = time.perf_counter()
+    figures = await mllp_in_process(patients=ctx.size(1500, 100))
+    return as_results(figures, time.perf_counter() - began)
+
+
+@benchmark("ingest_acute.mapping", "HL7 v2 decode, parse, map, validate on one core")
+async def ingest_acute_mapping(ctx: Context) -> list[Result]:
+    from ingest_acute.bench import mapping_throughput
+
+    began = time.perf_counter()
+    figures = await mapping_throughput(patients=ctx.size(500, 50))
+    return as_results(figures, time.perf_counter() - began)

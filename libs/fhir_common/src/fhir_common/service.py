@@ -101,10 +101,11 @@ def create_service_app(
         try:
             yield
         finally:
-            if owns_bus:
-                await the_bus.stop()
+            # Stop taking input first (listeners), then let the bus finish what it holds.
             if spec.on_stop:
                 await spec.on_stop(ctx)
+            if owns_bus:
+                await the_bus.stop()
             if db:
                 await db.dispose()
 

@@ -1,0 +1,354 @@
+"""Benchmarks of ingest-acute (issue 4, point 8): ADT messages per second from MLLP to the bus,
+and the ACK latency each sender sees.
+
+* ``mllp_to_kafka``: ingest-acute in distributed mode (KafkaBus, PostgreSQL in a throw-away
+  database) in a process of its own; an ACK means the message's resources are committed on
+  Kafka and its receipt is recorded.
+* ``mllp_in_process``: the same in embedded mode (in-process bus, SQLite).
+* ``mapping_throughput``: the CPU work alone (decode, parse, map, validate) in this process,
+  which bounds the two above.
+
+The load generator runs in this process and the service in another, as in production: the
+service's process is what is measured. ``connections`` senders each send their patients'
+messages one at a time, waiting for each ACK (as MLLP senders do); each patient's admission
+and discharge go over the same connection, in order. Each function returns a list of dicts
+``{"name", "value", "unit", "params"}``, the first being the throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fhir_common.feeds import Feed, FeedKind, FeedRegistry
+from fhir_common.identifiers import nhs_check_digit
+from fhir_common.validation import validate_resource
+
+VT, FS, CR = b"\x0b", b"\x1c", b"\r"
+SENDER = "BENCHPAS"
+ODS = "RBE01"
+READY_LIMIT = 120.0  # seconds the service may take to start
+WARMUP_PATIENTS = 20
+
+# An admission and a discharge as an English PAS sends them (NHS England ITK v2.4 shape).
+ADMISSION = (
+    "MSH|^~\\&|PAS|{sender}|JOINEDUP|JOINEDUP|{at}||ADT^A01^ADT_A01|{control}A|P|2.4|1||||GBR|UNICODE|EN\r"
+    "EVN|A01|{at}|||C3456789^Darwin^Samuel^^^Dr|{at}\r"
+    "PID|1||{nhs}^^^NHS^NH~{mrn}^^^{sender}^MR||SMITH^FREDRICA^J^^MRS^^L||19651213|2|||"
+    "29 WEST AVENUE^BURYTHORPE^MALTON^NORTH YORKSHIRE^YO32 5TT^GBR^H||+441234567890||EN|M|C22\r"
+    "PD1|||MALTON GP PRACTICE^^Y06601|G5612908^Townley^Gregory^^^Dr^^^GMC\r"
+    "PV1|1|E|AE^MAJORS^CUBE3^{sender}|21|||C3456789^Darwin^Samuel^^^Dr^^^GMC|"
+    "G5612908^Townley^Gregory^^^Dr^^^GMC||300||||19||||{visit}^^^VISITID"
+    "|||||||||||||||||||||||||{at}\r"
+    "PV2|||E16.2^Hypoglycaemia^I10\r"
+    "AL1|1|DA|Z88.5|SV|rash|199807011755\r"
+    "DG1|1||E11.6^Type 2 diabetes mellitus with other complications^I10||{at}|A\r"
+    "ZU1|{at}|1|C\r"
+)
+DISCHARGE = (
+    "MSH|^~\\&|PAS|{sender}|JOINEDUP|JOINEDUP|{at}||ADT^A03^ADT_A03|{control}D|P|2.4|1||||GBR|UNICODE|EN\r"
+    "EVN|A03|{at}|||C3456789^Darwin^Samuel^^^Dr|{at}\r"
+    "PID|1||{nhs}^^^NHS^NH~{mrn}^^^{sender}^MR||SMITH^FREDRICA^J^^MRS^^L||19651213|2\r"
+    "PV1|1|E|AE^MAJORS^CUBE3^{sender}|21|||C3456789^Darwin^Samuel^^^Dr^^^GMC|"
+    "||300||||19||||{visit}^^^VISITID|||||||||||||||||1|19||||||||20240105031500|{at}\r"
+    "DG1|1||E16.2^Hypoglycaemia^I10||{at}|F\r"
+)
+
+
+def nhs_numbers(count: int, seed: int) -> list[str]:
+    """Valid NHS numbers in the 999 range (test data), different for each ``seed``."""
+    found: list[str] = []
+    candidate = (seed * 7919) % 900_000
+    while len(found) < count:
+        first_nine = f"999{candidate % 1_000_000:06d}"
+        check = nhs_check_digit(first_nine)
+        if check is not None:
+            found.append(f"{first_nine}{check}")
+        candidate += 1
+    return found
+
+
+def patient_messages(patients: int, run: str) -> list[list[bytes]]:
+    """For each patient, an admission then a discharge (framed for MLLP)."""
+    every = []
+    for n, nhs in enumerate(nhs_numbers(patients, seed=hash(run) % 1000)):
+        values = {
+            "sender": SENDER,
+            "at": "20240105031500",
+            "control": f"{run}-{n}",
+            "nhs": nhs,
+            "mrn": f"M{run}{n}",
+            "visit": f"V{run}{n}",
+        }
+        every.append([VT + t.format(**values).encode() + FS + CR for t in (ADMISSION, DISCHARGE)])
+    return every
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+def _serve(settings: dict[str, Any], in_process_bus: bool, pipe: Connection) -> None:
+    """The service's process: start ingest-acute, say its MLLP port, run until told to stop."""
+    asyncio.run(_serve_until_stopped(settings, in_process_bus, pipe))
+
+
+async def _serve_until_stopped(
+    settings: dict[str, Any], in_process_bus: bool, pipe: Connection
+) -> None:
+    from fhir_common.bus import InProcessBus
+    from fhir_common.observability import configure_logging
+    from ingest_acute.main import create_app
+    from ingest_acute.settings import IngestAcuteSettings
+
+    service_settings = IngestAcuteSettings(**settings)
+    configure_logging(service_settings.log_level, service_settings.log_json)
+    bus = InProcessBus() if in_process_bus else None
+    app = create_app(service_settings, bus)
+    async with app.router.lifespan_context(app):
+        if bus is not None:
+            await bus.start()
+        pipe.send(app.state.acute.mllp_port)
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        if bus is not None:
+            await bus.stop()
+
+
+@contextlib.asynccontextmanager
+async def _service(settings: dict[str, Any], in_process_bus: bool) -> AsyncIterator[int]:
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve, args=(settings, in_process_bus, theirs), daemon=True)
+    process.start()
+    loop = asyncio.get_running_loop()
+    try:
+        deadline = time.monotonic() + READY_LIMIT
+        while not ours.poll():
+            if not process.is_alive():
+                raise RuntimeError(
+                    f"ingest-acute exited with {process.exitcode} before it was ready"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ingest-acute not ready within {READY_LIMIT} s")
+            await asyncio.sleep(0.1)
+        yield int(ours.recv())
+    finally:
+        with contextlib.suppress(OSError):
+            ours.send("stop")
+        await loop.run_in_executor(None, process.join, 30)
+        if process.is_alive():
+            process.kill()
+
+
+def _settings(data_dir: Path, **extra: Any) -> dict[str, Any]:
+    feeds = data_dir / "feeds.json"
+    FeedRegistry(feeds).add(
+        Feed(id="bench-pas", kind=FeedKind.HL7V2, ods=ODS, setting="acute", sender=SENDER)
+    )
+    return {
+        "data_dir": data_dir,
+        "feeds_file": feeds,
+        "mllp_host": "127.0.0.1",
+        "mllp_port": 0,
+        "log_level": "WARNING",
+        **extra,
+    }
+
+
+@contextlib.asynccontextmanager
+async def _fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A database of its own on the PostgreSQL server, dropped afterwards."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    name = f"jd_bench_acute_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(
+        url.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+# ----------------------------------------------------------------------------- the senders
+
+
+@dataclass
+class Sent:
+    seconds: float
+    latencies: list[float]
+    codes: dict[str, int]
+
+
+async def _drive(port: int, patients: list[list[bytes]], connections: int) -> Sent:
+    shares = [patients[n::connections] for n in range(connections)]
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+
+    async def sender(share: list[list[bytes]]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for messages in share:
+                for message in messages:
+                    began = time.perf_counter()
+                    writer.write(message)
+                    ack = await reader.readuntil(FS + CR)
+                    latencies.append(time.perf_counter() - began)
+                    code = ack.split(b"\rMSA|", 1)[1][:2].decode()
+                    codes[code] = codes.get(code, 0) + 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender(s) for s in shares if s))
+    return Sent(time.perf_counter() - started, latencies, codes)
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def _results(name: str, sent: Sent, params: dict[str, Any]) -> list[dict[str, Any]]:
+    count = len(sent.latencies)
+    params = {**params, "messages": count, "acks": sent.codes, "seconds": round(sent.seconds, 2)}
+    if sent.codes.get("AA", 0) != count:
+        raise RuntimeError(f"{name}: not every message was accepted: {sent.codes}")
+    return [
+        {
+            "name": name,
+            "value": round(count / sent.seconds, 1),
+            "unit": "messages/s",
+            "params": params,
+        },
+        {
+            "name": f"{name}.ack_p50",
+            "value": round(_percentile(sent.latencies, 0.50) * 1000, 2),
+            "unit": "ms",
+            "params": params,
+        },
+        {
+            "name": f"{name}.ack_p99",
+            "value": round(_percentile(sent.latencies, 0.99) * 1000, 2),
+            "unit": "ms",
+            "params": params,
+        },
+    ]
+
+
+async def _run(
+    name: str, settings: dict[str, Any], in_process_bus: bool, patients: int, connections: int
+) -> list[dict[str, Any]]:
+    run = uuid.uuid4().hex[:6]
+    async with _service(settings, in_process_bus) as port:
+        await _drive(port, patient_messages(WARMUP_PATIENTS, f"w{run}"), connections)
+        sent = await _drive(port, patient_messages(patients, run), connections)
+    params = {
+        "patients": patients,
+        "connections": connections,
+        "validate": settings.get("hl7v2_validate", True),
+        "cpus": os.cpu_count(),
+    }
+    return _results(name, sent, params)
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+async def mllp_to_kafka(
+    *,
+    kafka_bootstrap: str | None = None,
+    database_url: str | None = None,
+    patients: int = 1500,
+    connections: int = 32,
+    validate: bool = True,
+) -> list[dict[str, Any]]:
+    """ADT messages/s from MLLP to Kafka (ACK = committed on the broker), ACK p50/p99."""
+    from fhir_common.auth import LocalSigner
+
+    bootstrap = kafka_bootstrap or os.environ.get("JOINEDUP_KAFKA_BOOTSTRAP", "")
+    database = database_url or os.environ.get("JOINEDUP_DATABASE_URL", "")
+    if not bootstrap or not database:
+        raise RuntimeError("mllp_to_kafka needs JOINEDUP_KAFKA_BOOTSTRAP and JOINEDUP_DATABASE_URL")
+    with tempfile.TemporaryDirectory(prefix="jd-bench-acute-") as directory:
+        data_dir = Path(directory)
+        key = data_dir / "public.pem"
+        key.write_text(LocalSigner.generate().public_key_pem())
+        async with _fresh_database(database) as fresh:
+            settings = _settings(
+                data_dir,
+                mode="distributed",
+                kafka_bootstrap=bootstrap,
+                database_url=fresh,
+                auth_public_key_file=key,
+                hl7v2_validate=validate,
+            )
+            return await _run("ingest_acute.mllp_to_kafka", settings, False, patients, connections)
+
+
+async def mllp_in_process(
+    *, patients: int = 1500, connections: int = 32, validate: bool = True
+) -> list[dict[str, Any]]:
+    """The same in embedded mode: in-process bus and SQLite."""
+    with tempfile.TemporaryDirectory(prefix="jd-bench-acute-") as directory:
+        data_dir = Path(directory)
+        settings = _settings(
+            data_dir,
+            mode="embedded",
+            # embedded mode's own SQLite, whatever JOINEDUP_DATABASE_URL the shell exports
+            database_url=f"sqlite+aiosqlite:///{data_dir / 'joinedup.db'}",
+            hl7v2_validate=validate,
+        )
+        return await _run("ingest_acute.mllp_in_process", settings, True, patients, connections)
+
+
+async def mapping_throughput(*, patients: int = 500, validate: bool = True) -> list[dict[str, Any]]:
+    """Messages/s one core decodes, parses, maps (and validates): the ceiling of the above."""
+    from ingest_acute import er7, mapping, parsing
+
+    feed = Feed(id="bench-pas", kind=FeedKind.HL7V2, ods=ODS, setting="acute", sender=SENDER)
+    zone = ZoneInfo("Europe/London")
+    messages = [m[1:-2] for pair in patient_messages(patients, "map") for m in pair]
+    stages = {"decode+parse": 0.0, "map": 0.0, "validate": 0.0}
+    for message in messages:
+        began = time.perf_counter()
+        parsed = parsing.parse(er7.decode(message))
+        parsed_at = time.perf_counter()
+        built = mapping.build(mapping.plan(parsed, feed, zone), mapping.Known())
+        mapped_at = time.perf_counter()
+        if validate:
+            for _, resource in built.resources:
+                validate_resource(resource)
+        stages["decode+parse"] += parsed_at - began
+        stages["map"] += mapped_at - parsed_at
+        stages["validate"] += time.perf_counter() - mapped_at
+    total = sum(stages.values())
+    per_message = {k: round(v / len(messages) * 1e6, 1) for k, v in stages.items()}
+    params = {
+        "messages": len(messages),
+        "validate": validate,
+        "microseconds_per_message": per_message,
+    }
+    return [
+        {
+            "name": "ingest_acute.mapping",
+            "value": round(len(messages) / total, 1),
+            "unit": "messages/s",
+            "params": params,
+        }
+    ]

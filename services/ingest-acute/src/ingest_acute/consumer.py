@@ -1,9 +1,0 @@
-"""ingest-acute's consumers: its directory of patients already seen (from ``fhir.Patient``)."""
-
-from fhir_common.patient_directory import subscribe_directory
-from fhir_common.service import ServiceContext
-from ingest_acute.tables import patient_keys
-
-
-def register(ctx: ServiceContext) -> None:
-    subscribe_directory(ctx, patient_keys)
