@@ -232,6 +232,8 @@ def acute_settings(tmp_path: Path) -> Callable[..., IngestAcuteSettings]:
             "mllp_host": "127.0.0.1",
             "mllp_port": 0,
             "log_json": False,
+            # every resource the tests publish is validated (production samples a share)
+            "hl7v2_validate": True,
             **overrides,
         }
         return IngestAcuteSettings(**values)

@@ -97,3 +97,27 @@ def test_header_agrees_with_a_second_parser(samples: Any) -> None:
         assert ours.message_type == theirs.msh_9.msh_9_1.value, sample.name
         assert ours.trigger == theirs.msh_9.msh_9_2.value, sample.name
         assert ours.sending_facility[-1] in theirs.msh_4.value, sample.name
+
+
+def test_values_read_from_the_text_as_python_hl7_reads_them() -> None:
+    message = parse(
+        "MSH|^~\\&|PAS|RCB|||20100101||ADT^A01|X|P|2.4\r"
+        "PID|1||123^^^RCB^MR~456^^^NHS^NH||SMITH\\T\\SONS^J&K^^^MR||||||"
+        '29 WEST AVENUE||""\r'
+    )
+    pid = message.first("PID")
+    assert pid is not None
+    assert message.msh.value(1) == "|"
+    assert message.msh.value(2) == "^~\\&"
+    assert pid.value(3, 1, repetition=2) == "456"
+    assert pid.value(3, 5, repetition=2) == "NH"
+    assert pid.value(3, 1, repetition=3) == ""
+    assert pid.value(5) == "SMITH&SONS"  # escape sequence resolved
+    assert pid.value(5, 2, 2) == "K"
+    assert pid.value(13) == ""  # HL7 null
+    assert pid.raw(3, 2) == "456^^^NHS^NH"
+    assert [r.number for r in pid.repetitions(3)] == [1, 2]
+    # a field with no separators has one sub-component, not the same text nine times
+    address = pid.first(11)
+    assert address is not None
+    assert address.subcomponents(1) == ["29 WEST AVENUE"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import hl7
 
@@ -77,7 +78,7 @@ class Decoded:
     codec: str
     warnings: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """What identifies the content: resending the same message gives the same digest."""
         return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()

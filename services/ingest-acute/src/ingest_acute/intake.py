@@ -114,6 +114,14 @@ class Intake:
             await self._dead_letter(raw, arrival, feed, problem, message)
             return self._answer(decoded, message, AckCode.REJECT, problem)
 
+    def _validates(self, decoded: er7.Decoded) -> bool:
+        """Whether this message's resources are validated before publishing: all of them with
+        ``hl7v2_validate``, else a share chosen by content digest (a resend is treated alike)."""
+        if self.settings.hl7v2_validate:
+            return True
+        share = self.settings.hl7v2_validate_share
+        return share > 0 and int(decoded.digest[:8], 16) < share * 0x1_0000_0000
+
     def _feed_for(self, header: parsing.Header, arrival: Arrival) -> Feed:
         names = header.sending_facility
         shown = names[0] if names else ""
@@ -181,7 +189,7 @@ class Intake:
         except Exception as error:
             raise _unavailable("database", error) from error
         mapped = mapping.build(plan, known)
-        if self.settings.hl7v2_validate:
+        if self._validates(decoded):
             _validate(mapped)
         headers_for = _headers(feed, mapped.occurred_at)
         publication = [fhir_message(r, key, headers_for()) for key, r in mapped.resources]

@@ -56,9 +56,12 @@ class Segment:
         node = _child(self._segment, field)  # index 0 is the segment name
         if node is None:
             return ""
-        for position in (repetition, component, subcomponent):
+        positions = (repetition, component, subcomponent)
+        for depth, position in enumerate(positions):
             if isinstance(node, str):
-                return self._leaf(node, field) if position == 1 else ""
+                # python-hl7 keeps a value without separators as plain text: it is the first
+                # repetition, component and sub-component, and nothing else
+                return self._leaf(node, field) if set(positions[depth:]) == {1} else ""
             node = _child(node, position - 1)
             if node is None:
                 return ""

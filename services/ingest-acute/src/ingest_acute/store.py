@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fhir_common.db import Database, upsert
 from ingest_acute.batching import Batcher
@@ -87,63 +88,20 @@ class Store:
 
     # -- batches -----------------------------------------------------------------------------
     async def _find_receipts(self, wanted: Sequence[tuple[str, str]]) -> list[Receipt | None]:
-        pairs = sorted(set(wanted))
         async with self.db.transaction() as session:
-            rows = await session.execute(
-                select(received).where(tuple_(received.c.feed, received.c.control_id).in_(pairs))
-            )
-            found = {
-                (r.feed, r.control_id): Receipt(
-                    r.feed, r.control_id, r.digest, r.ack_code, _problem(r)
-                )
-                for r in rows
-            }
-        return [found.get(pair) for pair in wanted]
+            return await _receipts_in(session, wanted)
 
     async def _look_up(self, questions: Sequence[Question]) -> list[Answer]:
+        """Every waiting connection's questions in one transaction (one pooled connection)."""
         lookups = [lookup for _, lookup in questions]
         controls = [control for control, _ in questions if control is not None]
-        receipts = await self._find_receipts(controls) if controls else []
+        async with self.db.transaction() as session:
+            receipts = await _receipts_in(session, controls) if controls else []
+            knowns = await _known_in(session, lookups)
         by_control = dict(zip(controls, receipts, strict=True))
-        knowns = await self._find_known(lookups)
         return [
             (by_control.get(control) if control else None, known)
             for (control, _), known in zip(questions, knowns, strict=True)
-        ]
-
-    async def _find_known(self, lookups: Sequence[Lookup]) -> list[Known]:
-        merge_keys = sorted({(x.feed, s) for x in lookups for s in x.sources})
-        refs = sorted({r for x in lookups for r in x.patient_refs})
-        encounter_ids = sorted({e for x in lookups for e in x.encounter_ids})
-        async with self.db.transaction() as session:
-            survivors: dict[tuple[str, str], str] = {}
-            if merge_keys:
-                query = select(merges).where(
-                    tuple_(merges.c.feed, merges.c.old_source).in_(merge_keys)
-                )
-                survivors = {
-                    (r.feed, r.old_source): r.survivor_source for r in await session.execute(query)
-                }
-            keys: dict[str, str] = {}
-            if refs:
-                query = select(patient_keys).where(patient_keys.c.patient_ref.in_(refs))
-                keys = {r.patient_ref: r.patient_key for r in await session.execute(query)}
-            states: dict[str, EncounterState] = {}
-            if encounter_ids:
-                query = select(encounters).where(encounters.c.encounter_id.in_(encounter_ids))
-                states = {
-                    r.encounter_id: EncounterState.from_json(r.state)
-                    for r in await session.execute(query)
-                }
-        return [
-            Known(
-                survivors={
-                    s: survivors[(x.feed, s)] for s in x.sources if (x.feed, s) in survivors
-                },
-                keys={r: keys[r] for r in x.patient_refs if r in keys},
-                encounters={e: states[e] for e in x.encounter_ids if e in states},
-            )
-            for x in lookups
         ]
 
     async def _remember(self, outcomes: Sequence[Outcome]) -> list[None]:
@@ -186,6 +144,50 @@ class Store:
                 }
                 await upsert(session, merges, [row], ["feed", "old_source"])
         return [None] * len(outcomes)
+
+
+async def _receipts_in(
+    session: AsyncSession, wanted: Sequence[tuple[str, str]]
+) -> list[Receipt | None]:
+    pairs = sorted(set(wanted))
+    rows = await session.execute(
+        select(received).where(tuple_(received.c.feed, received.c.control_id).in_(pairs))
+    )
+    found = {
+        (r.feed, r.control_id): Receipt(r.feed, r.control_id, r.digest, r.ack_code, _problem(r))
+        for r in rows
+    }
+    return [found.get(pair) for pair in wanted]
+
+
+async def _known_in(session: AsyncSession, lookups: Sequence[Lookup]) -> list[Known]:
+    merge_keys = sorted({(x.feed, s) for x in lookups for s in x.sources})
+    refs = sorted({r for x in lookups for r in x.patient_refs})
+    encounter_ids = sorted({e for x in lookups for e in x.encounter_ids})
+    survivors: dict[tuple[str, str], str] = {}
+    if merge_keys:
+        query = select(merges).where(tuple_(merges.c.feed, merges.c.old_source).in_(merge_keys))
+        survivors = {
+            (r.feed, r.old_source): r.survivor_source for r in await session.execute(query)
+        }
+    keys: dict[str, str] = {}
+    if refs:
+        query = select(patient_keys).where(patient_keys.c.patient_ref.in_(refs))
+        keys = {r.patient_ref: r.patient_key for r in await session.execute(query)}
+    states: dict[str, EncounterState] = {}
+    if encounter_ids:
+        query = select(encounters).where(encounters.c.encounter_id.in_(encounter_ids))
+        states = {
+            r.encounter_id: EncounterState.from_json(r.state) for r in await session.execute(query)
+        }
+    return [
+        Known(
+            survivors={s: survivors[(x.feed, s)] for s in x.sources if (x.feed, s) in survivors},
+            keys={r: keys[r] for r in x.patient_refs if r in keys},
+            encounters={e: states[e] for e in x.encounter_ids if e in states},
+        )
+        for x in lookups
+    ]
 
 
 def _receipt_row(receipt: Receipt, now: datetime) -> dict[str, Any]:
