@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from fhir_common.auth import LocalSigner
-from fhir_common.events import DEADLETTER, RECORD_CHANGES
+from fhir_common.events import DEADLETTER, FHIR_TOPIC_PATTERN, RECORD_CHANGES
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM
 
@@ -81,6 +82,12 @@ def deployment(
         # our own consumer groups: another run on the same broker must not take our partitions
         "JOINEDUP_KAFKA_GROUP_PREFIX": group_prefix,
     }
+    # Fresh groups would first replay every earlier run's fhir.* messages on this broker.
+    asyncio.run(
+        _start_groups_at_end(
+            kafka_bootstrap, [f"{group_prefix}record", f"{group_prefix}ingest-gp.patients"]
+        )
+    )
     urls: dict[str, str] = {}
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -106,6 +113,23 @@ def deployment(
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+async def _start_groups_at_end(bootstrap: str, groups: list[str]) -> None:
+    """Commit ``groups``' offsets at the current end of every fhir.* topic."""
+    for group in groups:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            topics = [t for t in await consumer.topics() if re.fullmatch(FHIR_TOPIC_PATTERN, t)]
+            partitions = [tp for t in topics for tp in _partitions(consumer, t)]
+            if partitions:
+                consumer.assign(partitions)
+                await consumer.commit(await consumer.end_offsets(partitions))
+        finally:
+            await consumer.stop()
 
 
 def _wait_ready(urls: dict[str, str], logs: Path, seconds: float = 90) -> None:
