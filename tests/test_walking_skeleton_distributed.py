@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from fhir_common.auth import LocalSigner
@@ -115,19 +115,33 @@ def deployment(
                 process.kill()
 
 
+async def _fhir_partitions(bootstrap: str) -> list[TopicPartition]:
+    """Every partition of every fhir.* topic, as the broker describes them now."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if re.fullmatch(FHIR_TOPIC_PATTERN, t)]
+        described = await admin.describe_topics(topics) if topics else []
+        return [
+            TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]
+        ]
+    finally:
+        await admin.close()
+
+
 async def _start_groups_at_end(bootstrap: str, groups: list[str]) -> None:
     """Commit ``groups``' offsets at the current end of every fhir.* topic."""
+    partitions = await _fhir_partitions(bootstrap)
+    if not partitions:
+        return
     for group in groups:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
         )
         await consumer.start()
         try:
-            topics = [t for t in await consumer.topics() if re.fullmatch(FHIR_TOPIC_PATTERN, t)]
-            partitions = [tp for t in topics for tp in _partitions(consumer, t)]
-            if partitions:
-                consumer.assign(partitions)
-                await consumer.commit(await consumer.end_offsets(partitions))
+            consumer.assign(partitions)
+            await consumer.commit(await consumer.end_offsets(partitions))
         finally:
             await consumer.stop()
 
@@ -160,15 +174,14 @@ async def _eventually(check: Any, seconds: float = 60) -> Any:
 
 
 async def _lag(bootstrap: str, group: str) -> int:
-    """How far ``group`` is behind the end of every fhir.* topic it has offsets for."""
+    """How far ``group`` is behind the end of every fhir.* topic."""
+    partitions = await _fhir_partitions(bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        topics = [t for t in await admin.list_topics() if t.startswith("fhir.")]
-        partitions = [tp for t in topics for tp in _partitions(consumer, t)]
         ends = await consumer.end_offsets(partitions)
         return sum(
             end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items()
@@ -176,12 +189,6 @@ async def _lag(bootstrap: str, group: str) -> int:
     finally:
         await consumer.stop()
         await admin.close()
-
-
-def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
-    from aiokafka import TopicPartition
-
-    return [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
 
 
 async def _read_topic(bootstrap: str, topic: str, wanted: Any, count: int) -> list[Any]:
