@@ -173,14 +173,15 @@ async def _eventually(check: Any, seconds: float = 60) -> Any:
             await asyncio.sleep(0.2)
 
 
-async def _lag(bootstrap: str, group: str) -> int:
-    """How far ``group`` is behind the end of every fhir.* topic."""
-    partitions = await _fhir_partitions(bootstrap)
+async def _lag(bootstrap: str, group: str, topics: set[str]) -> int:
+    """How far ``group`` is behind the end of ``topics``."""
+    partitions = [tp for tp in await _fhir_partitions(bootstrap) if tp.topic in topics]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
+        consumer.assign(partitions)  # so that the consumer holds their metadata
         committed = await admin.list_consumer_group_offsets(group)
         ends = await consumer.end_offsets(partitions)
         return sum(
@@ -262,7 +263,14 @@ async def test_bundle_flows_through_kafka_into_postgres(
 
     async def caught_up() -> bool | None:
         return (
-            True if await _lag(deployment.kafka, f"{deployment.group_prefix}record") == 0 else None
+            True
+            if await _lag(
+                deployment.kafka,
+                f"{deployment.group_prefix}record",
+                {"fhir.Patient", "fhir.Encounter", "fhir.Condition"},  # where the bundle went
+            )
+            == 0
+            else None
         )
 
     await _eventually(caught_up)
