@@ -357,7 +357,13 @@ def _settle(pending: _Pending, error: BaseException | None) -> None:
 async def _commit(
     consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
 ) -> None:
-    offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
+    # The consumer's position, as Kafka's own clients commit: past the last record handed out
+    # and past a transaction's commit marker after it, so a caught-up group shows no lag.
+    offsets = {
+        tp: max(records[-1].offset + 1, await consumer.position(tp))
+        for tp, records in fetched.items()
+        if records
+    }
     try:
         await consumer.commit(offsets)
     except CommitFailedError:
