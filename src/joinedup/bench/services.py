@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from joinedup.bench.registry import Context, Result, benchmark
+from joinedup.bench.registry import Context, Result, Skip, benchmark
 
 
 def as_results(figures: Iterable[Mapping[str, Any]], seconds: float) -> list[Result]:
@@ -68,3 +68,29 @@ async def ingest_acute_mapping(ctx: Context) -> list[Result]:
     began = time.perf_counter()
     figures = await mapping_throughput(patients=ctx.size(500, 50))
     return as_results(figures, time.perf_counter() - began)
+
+
+async def _ingest_gp(ctx: Context, function_name: str) -> list[Result]:
+    from ingest_gp import bench
+
+    began = time.perf_counter()
+    try:
+        figures = await getattr(bench, function_name)(quick=ctx.quick)
+    except LookupError as missing:  # Kafka or PostgreSQL not configured
+        raise Skip(str(missing)) from missing
+    return as_results(figures, time.perf_counter() - began)
+
+
+@benchmark("ingest_gp.bundles.http", "FHIR transaction bundles over HTTP into Kafka")
+async def ingest_gp_bundles(ctx: Context) -> list[Result]:
+    return await _ingest_gp(ctx, "bundles_http")
+
+
+@benchmark("ingest_gp.ndjson.import", "Bulk NDJSON $import into Kafka")
+async def ingest_gp_ndjson(ctx: Context) -> list[Result]:
+    return await _ingest_gp(ctx, "ndjson_import")
+
+
+@benchmark("ingest_gp.ndjson.import.peak_rss", "Memory of a large NDJSON $import")
+async def ingest_gp_ndjson_memory(ctx: Context) -> list[Result]:
+    return await _ingest_gp(ctx, "ndjson_import_memory")

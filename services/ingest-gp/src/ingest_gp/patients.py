@@ -35,7 +35,25 @@ def key_for(resource: Mapping[str, Any], feed: Feed, patient_keys: Mapping[str, 
     of those seen before (from ``fhir.Patient``); a patient we never saw has no NHS number we
     know of, so its key is ``<feed>|<id>`` just as its own would be.
     """
-    ref = patient_reference(resource)
-    if ref is None:
-        return f"{feed.id}|{resource['resourceType']}/{resource['id']}"
-    return patient_keys.get(ref) or f"{feed.id}|{ref.split('/', 1)[1]}"
+    return key_of(
+        feed,
+        str(resource["resourceType"]),
+        str(resource["id"]),
+        patient_reference(resource),
+        patient_keys,
+    )
+
+
+def key_of(
+    feed: Feed,
+    resource_type: str,
+    resource_id: str,
+    patient_ref: str | None,
+    patient_keys: Mapping[str, str],
+) -> str:
+    """``key_for`` from what it needs: the resource's type and id and its patient reference."""
+    if resource_type == "Patient":
+        patient_ref = f"Patient/{resource_id}"
+    if patient_ref is None:
+        return f"{feed.id}|{resource_type}/{resource_id}"
+    return patient_keys.get(patient_ref) or f"{feed.id}|{patient_ref.split('/', 1)[1]}"
