@@ -304,11 +304,9 @@ async def test_the_live_generators_extracts_are_taken(gp_factory: Any, tmp_path:
     """Whatever the synthetic-population generator writes today (its mappings unchanged):
     every row is taken but those it corrupted on purpose (NHS numbers with a wrong check
     digit)."""
-    try:
-        from joinedup.synth.generate import generate
-        from joinedup.synth.noise import Noise
-    except ImportError as error:  # pragma: no cover - only while it is being rewritten
-        pytest.skip(f"the generator does not import: {error}")
+    from joinedup.synth.generate import generate
+    from joinedup.synth.noise import Noise
+
     world = tmp_path / "world"
     generate(world, patients=300, seed=5, years=0.5, workers=1, noise=Noise())
     feeds = [Feed.model_validate(f) for f in orjson.loads((world / "feeds.json").read_bytes())]

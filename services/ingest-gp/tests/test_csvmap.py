@@ -38,11 +38,9 @@ def test_what_a_mapping_says_is_understood() -> None:
 def test_the_live_generator_writes_mappings_that_load(tmp_path: Path) -> None:
     """The generator (joinedup.synth) is written by others at the same time: its output of the
     day must load, and this says so as soon as it does not."""
-    try:
-        from joinedup.synth.generate import generate
-        from joinedup.synth.noise import Noise
-    except ImportError as error:  # pragma: no cover - only while it is being rewritten
-        pytest.skip(f"the generator does not import: {error}")
+    from joinedup.synth.generate import generate
+    from joinedup.synth.noise import Noise
+
     generate(tmp_path, patients=200, seed=3, years=0.25, workers=1, noise=Noise())
     files = sorted(tmp_path.glob("csv/*/mapping.yaml"))
     assert files
