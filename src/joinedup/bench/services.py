@@ -94,3 +94,41 @@ async def ingest_gp_ndjson(ctx: Context) -> list[Result]:
 @benchmark("ingest_gp.ndjson.import.peak_rss", "Memory of a large NDJSON $import")
 async def ingest_gp_ndjson_memory(ctx: Context) -> list[Result]:
     return await _ingest_gp(ctx, "ndjson_import_memory")
+
+
+@benchmark("record.kafka_to_committed", "Record: resources/s from Kafka to committed in PostgreSQL")
+async def record_kafka_to_committed(ctx: Context) -> list[Result]:
+    from record.bench import kafka_to_committed
+
+    bootstrap = ctx.env("JOINEDUP_KAFKA_BOOTSTRAP")
+    database = ctx.env("JOINEDUP_DATABASE_URL")
+    began = time.perf_counter()
+    figures: list[Mapping[str, Any]] = []
+    with ctx.track("record: Kafka to committed", total=None):
+        for processes in (1, 2):  # two replicas of the group: Python then uses both cores
+            measured = await kafka_to_committed(
+                resources=ctx.size(150_000, 10_000),
+                kafka_bootstrap=bootstrap,
+                database_url=database,
+                processes=processes,
+            )
+            suffix = "" if processes == 1 else ".two_processes"
+            figures += [{**f, "name": f"{f['name']}{suffix}"} for f in measured]
+    return as_results(figures, time.perf_counter() - began)
+
+
+@benchmark("record.store_latency", "Record: $everything, summary and searches p50/p95, 1 M store")
+async def record_store_latency(ctx: Context) -> list[Result]:
+    from record.bench import store_latency
+
+    bootstrap = ctx.env("JOINEDUP_KAFKA_BOOTSTRAP")
+    database = ctx.env("JOINEDUP_DATABASE_URL")
+    began = time.perf_counter()
+    with ctx.track("record: store latency", total=None):
+        figures = await store_latency(
+            resources=ctx.size(1_000_000, 20_000),
+            requests=ctx.size(200, 30),
+            kafka_bootstrap=bootstrap,
+            database_url=database,
+        )
+    return as_results(figures, time.perf_counter() - began)
