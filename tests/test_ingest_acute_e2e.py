@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from fhir_common.bus import InProcessBus
 from fhir_common.events import DEADLETTER, RECORD_CHANGES, Message
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM
+from fhir_common.net import free_port
 from fhir_common.settings import Settings
 from joinedup.embedded import create_embedded_app
 from joinedup.tokens import feed_token, user_token
@@ -196,12 +196,6 @@ async def test_bad_input_is_refused_kept_and_reaches_nothing(embedded: Embedded)
 ISSUER = AUDIENCE = "joinedup-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Deployment:
     url: str
@@ -259,7 +253,7 @@ def deployment(
     )
     feeds = tmp_path / "feeds.json"
     FeedRegistry(feeds).add(feed)
-    http_port, mllp_port = _free_port(), _free_port()
+    http_port, mllp_port = free_port(), free_port()
     env = {
         **os.environ,
         "JOINEDUP_MODE": "distributed",
@@ -363,8 +357,8 @@ async def test_a_resend_after_a_restart_is_still_recognised(
     assert [ack_code(a) for a in first] == ["AA", "AE"]
 
     # a second process on the same database and broker: the first one's answers stand
-    port = _free_port()
-    env = {**deployment.env, "JOINEDUP_MLLP_PORT": str(_free_port())}
+    port = free_port()
+    env = {**deployment.env, "JOINEDUP_MLLP_PORT": str(free_port())}
     log = tmp_path / "second.log"
     second = _start(env, port, log)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from fhir_common.auth import LocalSigner
 from fhir_common.events import DEADLETTER
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
+from fhir_common.net import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +39,6 @@ SAMPLES = ROOT.parent / "shared" / "samples"
 CSV_DATA = ROOT / "services" / "ingest-gp" / "tests" / "data" / "csv"
 ISSUER = AUDIENCE = "joinedup-gp-e2e"
 SMALL_SYNTHEA = ("Buster_Hoeger", "Clemente_Kreiger")  # ~70-160 resources each
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -108,7 +102,7 @@ def gp(
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "JOINEDUP_MODE": "distributed",

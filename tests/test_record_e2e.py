@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,18 +47,13 @@ from fhir_common.bus import InProcessBus
 from fhir_common.events import DEADLETTER
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM, nhs_check_digit
+from fhir_common.net import free_port
 from fhir_common.settings import Settings
 from joinedup.embedded import create_embedded_app
 from joinedup.tokens import feed_token, user_token
 
 ISSUER = AUDIENCE = "joinedup-test"
 TYPES = ("Patient", "Encounter", "Observation", "Condition")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -85,7 +79,7 @@ class Deployment:
         return f"{self.prefix}.fhir.{resource_type}"
 
     def start(self) -> None:
-        port = _free_port()
+        port = free_port()
         self.starts += 1
         log = (self.directory / f"record-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(

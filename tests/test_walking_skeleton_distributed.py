@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 import uuid
@@ -26,17 +25,12 @@ from fhir_common.auth import LocalSigner
 from fhir_common.events import DEADLETTER, FHIR_TOPIC_PATTERN, RECORD_CHANGES
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM
+from fhir_common.net import free_port
 
 pytestmark = pytest.mark.integration
 
 FEED = Feed(id="gp-dist", kind=FeedKind.FHIR, ods="Y05678", setting="primary")
 ISSUER = AUDIENCE = "joinedup-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -92,7 +86,7 @@ def deployment(
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for service in ("ingest-gp", "record"):
-            port = _free_port()
+            port = free_port()
             log = (tmp_path / f"{service}.log").open("wb")
             processes.append(
                 subprocess.Popen(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,12 @@ from fhirpy.base.exceptions import (
 from fhir_common.bus import InProcessBus
 from fhir_common.events import event_headers, fhir_message
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM
+from fhir_common.net import free_port
 from record.main import create_app
 from record.settings import RecordSettings
 
 N1, N2 = "9434765919", "9912003888"
 LOINC = "http://loinc.org"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def resources() -> list[tuple[dict[str, Any], str]]:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import httpx
 
 from fhir_common.events import RECORD_CHANGES
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
+from fhir_common.net import free_port
 from fhir_common.settings import Settings
 from joinedup.bench.bus import WAIT_LIMIT, Counter
 from joinedup.bench.ingest import IN_FLIGHT, Pushed, push_all
@@ -335,12 +335,6 @@ class _Process:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _open_log(path: Path) -> IO[bytes]:
     return path.open("wb")
 
@@ -358,7 +352,7 @@ async def serving(
     urls: dict[str, str] = {}
     try:
         for service in services:
-            port = _free_port()
+            port = free_port()
             log_path = workdir / f"{service}.log"
             log = _open_log(log_path)
             process = await asyncio.create_subprocess_exec(

@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from typing import Any
 import orjson
 
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM, nhs_check_digit
+from fhir_common.net import free_port
 from record.indexing import index_rows
 
 READY_LIMIT = 120.0
@@ -251,12 +251,6 @@ async def migrate(database_url: str) -> None:
         await ensure_index(database)
     finally:
         await database.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def postgres_cpu_seconds() -> float:
