@@ -17,7 +17,7 @@ INFRA_ENV := .cache/infra.env
 # Runs a command with the variables of .cache/infra.env exported.
 WITH_INFRA = set -a && . ./$(INFRA_ENV) && set +a &&
 
-.PHONY: help install run up down lint format typecheck test test-unit bench clean distclean
+.PHONY: help install run up down lint format typecheck openapi test test-unit bench clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -49,6 +49,9 @@ format: ## ruff format, then ruff check --fix
 
 typecheck: ## mypy over the library, the services and the CLI
 	$(RUN) mypy libs/fhir_common/src services/*/src src
+
+openapi: install ## write each service's OpenAPI document to docs/openapi/ (a test checks they are current)
+	$(RUN) joinedup openapi
 
 test: install up lint typecheck ## everything: lint, typecheck, all tests against real infrastructure
 	$(WITH_INFRA) $(RUN) pytest $(ARGS)

@@ -142,5 +142,24 @@ def feeds_list(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
         typer.echo(f"{feed.id}\t{feed.kind}\t{feed.ods}\t{feed.setting}\t{feed.sender or ''}")
 
 
+@app.command()
+def openapi(
+    directory: Annotated[Path, typer.Option(help="Where the documents go")] = Path("docs/openapi"),
+    check: Annotated[bool, typer.Option(help="Only check that they are current")] = False,
+) -> None:
+    """Write each service's OpenAPI document (or check that the committed ones are current)."""
+    from joinedup import openapi as documents
+
+    if check:
+        stale = documents.stale(directory)
+        if stale:
+            typer.echo(f"out of date in {directory}: {', '.join(stale)} (run make openapi)")
+            raise typer.Exit(1)
+        typer.echo(f"{directory}: current")
+        return
+    for path in documents.write(directory):
+        typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     app()
