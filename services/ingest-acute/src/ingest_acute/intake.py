@@ -34,6 +34,7 @@ from fhir_common.service import ServiceContext
 from fhir_common.validation import validate_resource
 from ingest_acute import er7, mapping, parsing
 from ingest_acute.ack import acknowledge
+from ingest_acute.inflight import KeyedLock
 from ingest_acute.outcome import AckCode, ErrorCode, Problem, Rejected
 from ingest_acute.settings import IngestAcuteSettings
 from ingest_acute.store import Outcome, Receipt, Store
@@ -74,6 +75,7 @@ class Intake:
         self.store = store
         self.zone = ZoneInfo(settings.hl7v2_local_timezone)
         self.placeholders = frozenset(settings.hl7v2_placeholder_nhs_numbers)
+        self._in_hand = KeyedLock()  # (feed, MSH-10) of the messages being processed
 
     async def receive(self, raw: bytes, arrival: Arrival) -> Answer:
         started = time.perf_counter()
@@ -100,19 +102,38 @@ class Intake:
             decoded = er7.decode(raw)
             message = parsing.parse(decoded)
             feed = self._feed_for(message.header, arrival)
-            return await self._process(decoded, message, feed)
         except Rejected as rejected:
-            if feed is not None and message is not None and not rejected.transient:
-                # refused before we looked: was it refused (or taken) the same way before?
-                earlier = await self._earlier_or_none(feed, message)
-                if earlier is not None:
-                    return self._repeat(message, earlier)
             return await self._rejected(raw, arrival, decoded, message, feed, rejected)
-        except Exception as error:  # a bug of ours: keep the message, let the sender retry
-            log.exception("HL7 v2 message could not be processed", extra={"origin": arrival.origin})
-            problem = Problem(f"internal error: {error!r}"[:500], ErrorCode.INTERNAL_ERROR)
-            await self._dead_letter(raw, arrival, feed, problem, message)
-            return self._answer(decoded, message, AckCode.REJECT, problem)
+        except Exception as error:
+            return await self._failed(raw, arrival, decoded, message, feed, error)
+        # Copies of one message in hand at once are taken one after the other (inflight.py).
+        async with self._in_hand.hold((feed.id, message.header.control_id)):
+            try:
+                return await self._process(decoded, message, feed)
+            except Rejected as rejected:
+                if not rejected.transient:
+                    # refused before we looked: was it refused (or taken) the same way before?
+                    earlier = await self._earlier_or_none(feed, message)
+                    if earlier is not None:
+                        return self._repeat(message, earlier)
+                return await self._rejected(raw, arrival, decoded, message, feed, rejected)
+            except Exception as error:
+                return await self._failed(raw, arrival, decoded, message, feed, error)
+
+    async def _failed(
+        self,
+        raw: bytes,
+        arrival: Arrival,
+        decoded: er7.Decoded | None,
+        message: parsing.V2Message | None,
+        feed: Feed | None,
+        error: Exception,
+    ) -> Answer:
+        """A bug of ours: keep the message, let the sender retry."""
+        log.exception("HL7 v2 message could not be processed", extra={"origin": arrival.origin})
+        problem = Problem(f"internal error: {error!r}"[:500], ErrorCode.INTERNAL_ERROR)
+        await self._dead_letter(raw, arrival, feed, problem, message)
+        return self._answer(decoded, message, AckCode.REJECT, problem)
 
     def _validates(self, decoded: er7.Decoded) -> bool:
         """Whether this message's resources are validated before publishing: all of them with

@@ -2,8 +2,12 @@
 
 * ``received``: each (sender, MSH-10) taken in, with its content digest and the answer it got;
 * ``merges``: A40 merges, old patient -> survivor;
-* ``patient_keys``: the patient directory (Patient/<id> -> key), also fed from fhir.Patient;
+* ``patient_keys``: the patient directory (Patient/<id> -> key), written by the intake;
 * ``encounters``: each encounter's status, start and location history.
+
+The questions of every connection waiting at once are one lookup statement, and their
+outcomes one write (``batching.Batcher``): one round trip each on PostgreSQL
+(``postgres.py``), the portable Core statements below on SQLite.
 
 Order of work for one message (at-least-once without loss): look up, publish to the bus,
 then remember. A crash between publishing and remembering means the sender, having had no
@@ -14,15 +18,31 @@ order could lose a message (remembered, never published, answered as a duplicate
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
+import orjson
+from sqlalchemy import (
+    CompoundSelect,
+    Select,
+    Table,
+    Text,
+    cast,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhir_common.db import Database, upsert
+from fhir_common.db import Database
+from ingest_acute import postgres
 from ingest_acute.batching import Batcher
 from ingest_acute.encounters import EncounterState
 from ingest_acute.mapping import Known, Lookup
@@ -58,9 +78,12 @@ class Outcome:
 class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._receipts: Batcher[tuple[str, str], Receipt | None] = Batcher(
-            self._find_receipts, name="ingest-acute:receipts"
-        )
+        # SQLite: a lookup only reads, in one statement, so it needs no transaction either
+        self._reader = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._postgres = not db.is_sqlite
+        # PostgreSQL: each batcher's statements on a connection of its own (postgres.Channel)
+        self._lookup_channel = postgres.Channel(db.engine)
+        self._write_channel = postgres.Channel(db.engine)
         self._lookups: Batcher[Question, Answer] = Batcher(
             self._look_up, name="ingest-acute:lookups"
         )
@@ -69,7 +92,7 @@ class Store:
         )
 
     async def receipt(self, feed: str, control_id: str) -> Receipt | None:
-        return await self._receipts.submit((feed, control_id))
+        return (await self._lookups.submit(((feed, control_id), Lookup(feed))))[0]
 
     async def before(self, feed: str, control_id: str, lookup: Lookup) -> Answer:
         """In one round trip: how this message was answered before (if it was), and what
@@ -83,26 +106,25 @@ class Store:
         await self._outcomes.submit(outcome)
 
     async def close(self) -> None:
-        for batcher in (self._receipts, self._lookups, self._outcomes):
+        for batcher in (self._lookups, self._outcomes):
             await batcher.close()
+        for channel in (self._lookup_channel, self._write_channel):
+            await channel.close()
 
     # -- batches -----------------------------------------------------------------------------
-    async def _find_receipts(self, wanted: Sequence[tuple[str, str]]) -> list[Receipt | None]:
-        async with self.db.transaction() as session:
-            return await _receipts_in(session, wanted)
-
     async def _look_up(self, questions: Sequence[Question]) -> list[Answer]:
-        """Every waiting connection's questions in one transaction (one pooled connection)."""
-        lookups = [lookup for _, lookup in questions]
-        controls = [control for control, _ in questions if control is not None]
-        async with self.db.transaction() as session:
-            receipts = await _receipts_in(session, controls) if controls else []
-            knowns = await _known_in(session, lookups)
-        by_control = dict(zip(controls, receipts, strict=True))
-        return [
-            (by_control.get(control) if control else None, known)
-            for (control, _), known in zip(questions, knowns, strict=True)
-        ]
+        """Every waiting connection's questions in one statement (one round trip)."""
+        wanted = _Wanted.of(questions)
+        if not wanted:
+            return [(None, Known()) for _ in questions]
+        if self._postgres:
+            found = _Found.of(
+                await self._lookup_channel.execute(postgres.LOOKUP, wanted.parameters())
+            )
+        else:
+            async with self._reader.connect() as conn:
+                found = _Found.of(await conn.execute(wanted.statement()))
+        return [found.answer(control, lookup) for control, lookup in questions]
 
     async def _remember(self, outcomes: Sequence[Outcome]) -> list[None]:
         now = datetime.now(UTC)
@@ -125,13 +147,19 @@ class Store:
             if o.receipt
             for old, survivor in o.merges.items()
         ]
-        async with self.db.transaction() as session:
-            await upsert(session, received, receipts, ["feed", "control_id"])
-            await upsert(session, patient_keys, keys, ["patient_ref"])
-            await upsert(session, encounters, states, ["encounter_id"])
+        if self._postgres and not merged:
+            # one atomic statement, one round trip (postgres.py)
+            parameters = postgres.remember_parameters(receipts, keys, states)
+            await self._write_channel.execute(postgres.REMEMBER, parameters)
+            return [None] * len(outcomes)
+        # Core statements in one transaction: the ORM session added nothing here.
+        async with self.db.engine.begin() as conn:
+            await _upsert(conn, received, receipts, ["feed", "control_id"])
+            await _upsert(conn, patient_keys, keys, ["patient_ref"])
+            await _upsert(conn, encounters, states, ["encounter_id"])
             for feed, old, survivor in merged:
                 # whoever was merged into the old patient now belongs to the survivor too
-                await session.execute(
+                await conn.execute(
                     update(merges)
                     .where(merges.c.feed == feed, merges.c.survivor_source == old)
                     .values(survivor_source=survivor, merged_at=now)
@@ -142,52 +170,131 @@ class Store:
                     "survivor_source": survivor,
                     "merged_at": now,
                 }
-                await upsert(session, merges, [row], ["feed", "old_source"])
+                await _upsert(conn, merges, [row], ["feed", "old_source"])
         return [None] * len(outcomes)
 
 
-async def _receipts_in(
-    session: AsyncSession, wanted: Sequence[tuple[str, str]]
-) -> list[Receipt | None]:
-    pairs = sorted(set(wanted))
-    rows = await session.execute(
-        select(received).where(tuple_(received.c.feed, received.c.control_id).in_(pairs))
-    )
-    found = {
-        (r.feed, r.control_id): Receipt(r.feed, r.control_id, r.digest, r.ack_code, _problem(r))
-        for r in rows
-    }
-    return [found.get(pair) for pair in wanted]
+# The lookup is one UNION ALL over the four tables, each arm shaped
+# (kind, k1, k2, v1, v2, v3, v4, v5); what an arm does not have is NULL.
+_RECEIPT, _MERGE, _KEY, _ENCOUNTER = "r", "m", "k", "e"
+_WIDTH = 5
 
 
-async def _known_in(session: AsyncSession, lookups: Sequence[Lookup]) -> list[Known]:
-    merge_keys = sorted({(x.feed, s) for x in lookups for s in x.sources})
-    refs = sorted({r for x in lookups for r in x.patient_refs})
-    encounter_ids = sorted({e for x in lookups for e in x.encounter_ids})
-    survivors: dict[tuple[str, str], str] = {}
-    if merge_keys:
-        query = select(merges).where(tuple_(merges.c.feed, merges.c.old_source).in_(merge_keys))
-        survivors = {
-            (r.feed, r.old_source): r.survivor_source for r in await session.execute(query)
-        }
-    keys: dict[str, str] = {}
-    if refs:
-        query = select(patient_keys).where(patient_keys.c.patient_ref.in_(refs))
-        keys = {r.patient_ref: r.patient_key for r in await session.execute(query)}
-    states: dict[str, EncounterState] = {}
-    if encounter_ids:
-        query = select(encounters).where(encounters.c.encounter_id.in_(encounter_ids))
-        states = {
-            r.encounter_id: EncounterState.from_json(r.state) for r in await session.execute(query)
-        }
-    return [
-        Known(
-            survivors={s: survivors[(x.feed, s)] for s in x.sources if (x.feed, s) in survivors},
-            keys={r: keys[r] for r in x.patient_refs if r in keys},
-            encounters={e: states[e] for e in x.encounter_ids if e in states},
+def _arm(kind: str, table: Table, keys: Sequence[Any], values: Sequence[Any]) -> Select[Any]:
+    def text_or_null(column: Any) -> Any:
+        return cast(column if column is not None else null(), Text)
+
+    padded_keys = [*keys, None][:2]
+    padded_values = [*values, *[None] * _WIDTH][:_WIDTH]
+    columns: list[Any] = [literal_column(f"'{kind}'").label("kind")]
+    columns += [text_or_null(c).label(f"k{n}") for n, c in enumerate(padded_keys, 1)]
+    columns += [text_or_null(c).label(f"v{n}") for n, c in enumerate(padded_values, 1)]
+    return select(*columns).select_from(table)
+
+
+@dataclass
+class _Wanted:
+    """The distinct keys a batch of questions asks about."""
+
+    controls: list[tuple[str, str]]
+    merge_keys: list[tuple[str, str]]
+    refs: list[str]
+    encounter_ids: list[str]
+
+    @classmethod
+    def of(cls, questions: Sequence[Question]) -> _Wanted:
+        lookups = [lookup for _, lookup in questions]
+        return cls(
+            sorted({control for control, _ in questions if control is not None}),
+            sorted({(x.feed, s) for x in lookups for s in x.sources}),
+            sorted({r for x in lookups for r in x.patient_refs}),
+            sorted({e for x in lookups for e in x.encounter_ids}),
         )
-        for x in lookups
-    ]
+
+    def __bool__(self) -> bool:
+        return bool(self.controls or self.merge_keys or self.refs or self.encounter_ids)
+
+    def statement(self) -> CompoundSelect | Select[Any]:
+        """The portable (SQLite) form of the lookup; ``postgres.LOOKUP`` is PostgreSQL's."""
+        arms: list[Select[Any]] = []
+        if self.controls:
+            r = received.c
+            arm = _arm(
+                _RECEIPT,
+                received,
+                [r.feed, r.control_id],
+                [r.digest, r.ack_code, r.reason, r.error_code, r.error_location],
+            )
+            arms.append(arm.where(tuple_(r.feed, r.control_id).in_(self.controls)))
+        if self.merge_keys:
+            m = merges.c
+            arm = _arm(_MERGE, merges, [m.feed, m.old_source], [m.survivor_source])
+            arms.append(arm.where(tuple_(m.feed, m.old_source).in_(self.merge_keys)))
+        if self.refs:
+            k = patient_keys.c
+            arm = _arm(_KEY, patient_keys, [k.patient_ref], [k.patient_key])
+            arms.append(arm.where(k.patient_ref.in_(self.refs)))
+        if self.encounter_ids:
+            e = encounters.c
+            arm = _arm(_ENCOUNTER, encounters, [e.encounter_id], [e.state])
+            arms.append(arm.where(e.encounter_id.in_(self.encounter_ids)))
+        return arms[0] if len(arms) == 1 else union_all(*arms)
+
+    def parameters(self) -> dict[str, list[str]]:
+        """The same question for ``postgres.LOOKUP``."""
+        return postgres.lookup_parameters(
+            self.controls, self.merge_keys, self.refs, self.encounter_ids
+        )
+
+
+@dataclass
+class _Found:
+    """What the lookup statement returned, by table and key."""
+
+    receipts: dict[tuple[str, str], Receipt] = field(default_factory=dict)
+    survivors: dict[tuple[str, str], str] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    states: dict[str, EncounterState] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: Iterable[Any]) -> _Found:
+        found = cls()
+        for kind, k1, k2, v1, v2, v3, v4, v5 in rows:
+            if kind == _RECEIPT:
+                problem = _problem(v3, v4, v5)
+                found.receipts[(k1, k2)] = Receipt(k1, k2, v1, v2, problem)
+            elif kind == _MERGE:
+                found.survivors[(k1, k2)] = v1
+            elif kind == _KEY:
+                found.keys[k1] = v1
+            else:
+                found.states[k1] = EncounterState.from_json(orjson.loads(v1))
+        return found
+
+    def answer(self, control: tuple[str, str] | None, x: Lookup) -> Answer:
+        receipt = self.receipts.get(control) if control is not None else None
+        survivors = self.survivors
+        known = Known(
+            survivors={s: survivors[(x.feed, s)] for s in x.sources if (x.feed, s) in survivors},
+            keys={r: self.keys[r] for r in x.patient_refs if r in self.keys},
+            encounters={e: self.states[e] for e in x.encounter_ids if e in self.states},
+        )
+        return receipt, known
+
+
+async def _upsert(
+    conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE on a Core connection (PostgreSQL or SQLite);
+    ``fhir_common.db.upsert`` wants an ORM session."""
+    if not rows:
+        return
+    insert_for = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    statement = insert_for(table)
+    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    await conn.execute(
+        statement.on_conflict_do_update(index_elements=list(keys), set_=updates), list(rows)
+    )
 
 
 def _receipt_row(receipt: Receipt, now: datetime) -> dict[str, Any]:
@@ -203,13 +310,13 @@ def _receipt_row(receipt: Receipt, now: datetime) -> dict[str, Any]:
     }
 
 
-def _problem(row: Any) -> Problem | None:
-    if not row.reason:
+def _problem(reason: str | None, code: str | None, location: str | None) -> Problem | None:
+    if not reason:
         return None
-    segment, _, field = (row.error_location or "").partition("-")
+    segment, _, field = (location or "").partition("-")
     return Problem(
-        row.reason,
-        ErrorCode(row.error_code or ErrorCode.INTERNAL_ERROR),
+        reason,
+        ErrorCode(code or ErrorCode.INTERNAL_ERROR),
         segment,
         int(field) if field.isdigit() else None,
     )
