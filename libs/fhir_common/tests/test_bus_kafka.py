@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -279,3 +279,222 @@ async def test_foreign_bytes_do_not_stop_the_consumer(kafka_env: KafkaEnv) -> No
         lambda: recorder.handled_ids() >= scenarios.ids(good), kafka_env.timeout, "next message"
     )
     await consumer.ping()
+
+
+# ------------------------------------------------------------------ batched publishing
+
+
+async def test_partitions_are_those_of_kafkas_default_partitioner(kafka_env: KafkaEnv) -> None:
+    """Each key lands where a plain producer's ``send`` (Kafka's default partitioner) puts
+    it, so other producers' messages of a patient share that patient's partition."""
+    topic, reference = kafka_env.unique("partitioning"), kafka_env.unique("reference")
+    await kafka_env.create_topics(topic, reference)
+    keys = ["", "9434765919", "feed-a|patient-1", "feed-b|ünïcode", *(f"k{i}" for i in range(40))]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_env.bootstrap)
+    await producer.start()
+    try:
+        expected = {}
+        for key in keys:
+            sent = await producer.send_and_wait(reference, b"{}", key=key.encode())
+            expected[key] = sent.partition
+    finally:
+        await producer.stop()
+    assert len(set(expected.values())) > 1  # the keys do spread
+
+    bus = kafka_env.bus()
+    await kafka_env.start(bus)
+    await bus.publish([scenarios.make(topic, key, {"key": key}) for key in keys])
+    got = {m.key: m.partition for m in await read_topic(kafka_env.bootstrap, topic)}
+    assert got == expected
+
+
+async def test_one_call_larger_than_a_record_batch_keeps_order_and_atomicity(
+    kafka_env: KafkaEnv,
+) -> None:
+    """A call whose messages fill several record batches per partition (and one message larger
+    than a batch) arrives whole, once, in order per key; concurrent calls keep their order."""
+    from fhir_common.bus import kafka as kafka_bus
+
+    topic = kafka_env.unique("big")
+    await kafka_env.create_topics(topic)
+    bus = kafka_env.bus()
+    await kafka_env.start(bus)
+    filler = b"x" * (kafka_bus.BATCH_BYTES // 8)
+    big = [
+        scenarios.make(topic, f"patient-{i % 3}", None, value=b'{"i": %d, "f": "%s"}' % (i, filler))
+        for i in range(60)
+    ]
+    huge = scenarios.make(topic, "patient-0", None, value=b"y" * (kafka_bus.BATCH_BYTES * 2))
+    small = [scenarios.make(topic, f"patient-{i % 3}", {"small": i}) for i in range(30)]
+    await asyncio.gather(bus.publish([*big, huge]), bus.publish(small))
+
+    read = await read_topic(kafka_env.bootstrap, topic)
+    assert sorted(scenarios.event_id(m) for m in read) == sorted(
+        scenarios.event_id(m) for m in [*big, huge, *small]
+    )
+    for key in {m.key for m in read}:
+        order = [scenarios.event_id(m) for m in read if m.key == key]
+        assert [scenarios.event_id(m) for m in [*big, huge] if m.key == key] == [
+            i for i in order if i in scenarios.ids([*big, huge])
+        ]
+        assert [scenarios.event_id(m) for m in small if m.key == key] == [
+            i for i in order if i in scenarios.ids(small)
+        ]
+        assert len({m.partition for m in read if m.key == key}) == 1
+
+
+# ------------------------------------------------------------------ transactional ids
+
+_LEAVE_A_TRANSACTION_OPEN = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer
+
+async def main():
+    bootstrap, transactional_id, topic = sys.argv[1:4]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=transactional_id, acks="all"
+    )
+    await producer.start()
+    await producer.begin_transaction()
+    await producer.send_and_wait(topic, b"left open", key=b"patient-1")
+    print("open", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_restart_fences_the_transaction_a_killed_process_left_open(
+    kafka_env: KafkaEnv,
+) -> None:
+    """A replica killed mid-publish leaves its transaction open; its restart (same instance
+    id, so same transactional id) aborts it at once, and read_committed readers go on without
+    waiting out transaction.timeout.ms (60 s)."""
+    import signal
+    import subprocess
+
+    topic, instance = kafka_env.unique("fence"), kafka_env.unique("replica")
+    await kafka_env.create_topics(topic)
+    client_id = kafka_env.unique("client")
+    killed = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _LEAVE_A_TRANSACTION_OPEN,
+        kafka_env.bootstrap,
+        f"{client_id}-{instance}",
+        topic,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert killed.stdout is not None
+        async with asyncio.timeout(30):
+            assert (await killed.stdout.readline()).strip() == b"open"
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        await killed.wait()
+    uncommitted = await read_topic(kafka_env.bootstrap, topic, isolation="read_uncommitted")
+    assert [m.value for m in uncommitted] == [b"left open"]
+
+    restarted = KafkaBus(
+        kafka_env.bootstrap, client_id=client_id, partitions=PARTITIONS, instance_id=instance
+    )
+    kafka_env.buses.append(restarted)
+    await restarted.start()
+    assert restarted.transactional_id == f"{client_id}-{instance}"
+    after = [scenarios.make(topic, "patient-1", {"after": "restart"})]
+    await restarted.publish(after)
+    # Without the fencing, the open transaction would hold the last stable offset before
+    # "left open" and this would read nothing for a minute.
+    committed = await read_topic(kafka_env.bootstrap, topic)
+    assert scenarios.ids(committed) == scenarios.ids(after)
+
+
+async def test_live_buses_never_share_a_transactional_id(kafka_env: KafkaEnv) -> None:
+    """Same client id on one host: distinct ids while both live; a bus started after one
+    stopped takes the freed id (the restart that fences); an explicit id is claimed once."""
+    from fhir_common.bus.identity import TransactionalIdInUseError
+
+    client_id = kafka_env.unique("client")
+    first, second = (
+        KafkaBus(kafka_env.bootstrap, client_id=client_id, partitions=PARTITIONS) for _ in "12"
+    )
+    kafka_env.buses += [first, second]
+    await kafka_env.start(first, second)
+    ids_live = {first.transactional_id, second.transactional_id}
+    assert len(ids_live) == 2
+    assert all(i and i.startswith(f"{client_id}-") for i in ids_live)
+    freed = first.transactional_id
+    await first.stop()
+    assert first.transactional_id is None
+    third = KafkaBus(kafka_env.bootstrap, client_id=client_id, partitions=PARTITIONS)
+    kafka_env.buses.append(third)
+    await third.start()
+    assert third.transactional_id == freed
+    topic = kafka_env.unique("ids")
+    sent = [scenarios.make(topic, "patient-1", {"bus": 2}), scenarios.make(topic, "p2", {})]
+    await asyncio.gather(second.publish(sent[:1]), third.publish(sent[1:]))  # neither fenced
+    assert scenarios.ids(await read_topic(kafka_env.bootstrap, topic)) == scenarios.ids(sent)
+
+    instance = kafka_env.unique("replica")
+    named = KafkaBus(kafka_env.bootstrap, client_id=client_id, instance_id=instance)
+    twin = KafkaBus(kafka_env.bootstrap, client_id=client_id, instance_id=instance)
+    kafka_env.buses += [named, twin]
+    await named.start()
+    with pytest.raises(TransactionalIdInUseError, match="JOINEDUP_INSTANCE_ID"):
+        await twin.start()
+    await named.ping()
+
+
+# ------------------------------------------------------------------ rebalances
+
+
+async def test_a_rebalance_during_a_batch_does_not_stop_the_consumer(
+    kafka_env: KafkaEnv,
+) -> None:
+    """A second member joins the group while the first holds an uncommitted batch: the first
+    loses some of that batch's partitions (its commit of them is refused), keeps consuming what
+    it still owns, and the newcomer gets the revoked messages again (at least once)."""
+    topic, group = kafka_env.unique("rebalance"), kafka_env.unique("g")
+    await kafka_env.create_topics(topic)
+    publisher = kafka_env.bus()
+    await kafka_env.start(publisher)
+    first_wave = [scenarios.make(topic, f"patient-{i}", {"wave": 1, "i": i}) for i in range(60)]
+    await publisher.publish(first_wave)
+
+    in_batch, release = asyncio.Event(), asyncio.Event()
+    early = scenarios.Recorder()
+
+    async def holds_its_first_batch(batch: Sequence[Message]) -> None:
+        await early(batch)
+        in_batch.set()
+        await release.wait()
+
+    member_a = kafka_env.bus()
+    member_a.subscribe(group, holds_its_first_batch, service="test", topics=[topic])
+    await kafka_env.start(member_a)
+    async with asyncio.timeout(kafka_env.timeout):
+        await in_batch.wait()
+    held = {m.partition for m in early.handled}
+
+    newcomer = scenarios.Recorder()
+    member_b = kafka_env.bus()
+    member_b.subscribe(group, newcomer, service="test", topics=[topic])
+    await kafka_env.start(member_b)
+    # B owns partitions now, and reads them from the last commit: A's batch is not committed.
+    await scenarios.eventually(lambda: bool(newcomer.handled), kafka_env.timeout, "B's share")
+    taken = {m.partition for m in newcomer.handled}
+    assert taken & held, "B took none of the partitions of A's batch in hand"
+    release.set()
+
+    second_wave = [scenarios.make(topic, f"patient-{i}", {"wave": 2, "i": i}) for i in range(60)]
+    await publisher.publish(second_wave)
+    everything = scenarios.ids(first_wave) | scenarios.ids(second_wave)
+    await scenarios.eventually(
+        lambda: early.handled_ids() | newcomer.handled_ids() >= everything,
+        kafka_env.timeout,
+        "both waves, between A and B",
+    )
+    # A goes on with the partitions it kept.
+    assert early.handled_ids() & scenarios.ids(second_wave)
+    await member_a.ping()
+    await member_b.ping()

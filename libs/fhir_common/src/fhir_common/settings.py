@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     kafka_group_prefix: str = Field(
         default="", description="prefix of consumer group ids (several deployments, one cluster)"
     )
+    instance_id: str | None = Field(
+        default=None,
+        description=(
+            "this replica's name, for its Kafka transactional id: unique among live replicas "
+            "of a service, stable across its restarts (e.g. a StatefulSet pod name); default: "
+            "host name and the lowest slot free on the host (fhir_common.bus.identity)"
+        ),
+    )
     feeds_file: Path | None = Field(
         default=None, description="feed registry (JSON); default data_dir/feeds.json"
     )

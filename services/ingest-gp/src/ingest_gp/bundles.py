@@ -305,6 +305,10 @@ async def resolve_conditionals(ctx: ServiceContext, feed: Feed, received: Receiv
     """Settle conditional creates and updates, and find what conditional references point at."""
     assert ctx.db is not None
     resolved = Resolved()
+    if not any(
+        p.criteria is not None or _CONDITIONAL_REFERENCE.search(p.raw) for p in received.accepted
+    ):
+        return resolved  # nothing conditional (most bundles): no transaction to open
     async with ctx.db.transaction() as session:
         for planned in list(received.accepted):
             if planned.criteria is not None:
@@ -453,7 +457,8 @@ async def receive_bundle(
         entry = target.entry
         renames[ref] = target.existing or f"{entry.resource_type}/{entry.resource['id']}"
     renames.update(resolved.to_known)
-    values = [encode(entry, renames, feed) for entry in to_publish]
+    rewritten: dict[bytes, bytes] = {}
+    values = [encode(entry, renames, feed, rewritten) for entry in to_publish]
     keys = patients_in(to_publish, feed) | resolved.patient_keys
     elsewhere = referenced_patients(to_publish) - keys.keys()
     if elsewhere:

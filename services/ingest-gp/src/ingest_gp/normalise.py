@@ -136,18 +136,28 @@ def finish(entries: list[Entry], renames: Mapping[str, str], feed: Feed) -> None
         stamp(entry.resource, feed)
 
 
-_REFERENCE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
+# A JSON string's content unrolled (runs of plain characters between escapes): the same
+# matches as ``(?:[^"\\]|\\.)*``, at half the cost.
+_REFERENCE = re.compile(rb'"reference":"([^"\\]*(?:\\.[^"\\]*)*)"')
 #: Elements that name the patient a resource is about (see ``patients``).
 _PATIENT_ELEMENTS = ("subject", "patient", "beneficiary", "individual", "for")
 
 
-def encode(entry: Entry, renames: Mapping[str, str], feed: Feed) -> bytes:
+def encode(
+    entry: Entry,
+    renames: Mapping[str, str],
+    feed: Feed,
+    rewritten: dict[bytes, bytes] | None = None,
+) -> bytes:
     """The entry's resource as published: stamped, as JSON, its references rewritten.
 
     The same result as ``finish`` then ``orjson.dumps``, but the references are rewritten in
     the JSON text (one regular expression) rather than by walking the resource, which costs
     far less. In the resource itself only the elements naming its patient are rewritten (what
     the message key is computed from).
+
+    ``rewritten``: a cache of reference rewrites, shared by the entries of one bundle (the
+    same ``renames``), whose resources mostly point at the same few patients and encounters.
     """
     resource = entry.resource
     canonical_nhs_numbers(resource)
@@ -157,12 +167,18 @@ def encode(entry: Entry, renames: Mapping[str, str], feed: Feed) -> bytes:
         if isinstance(target, dict) and isinstance(target.get("reference"), str):
             target["reference"] = resolve_reference(target["reference"], renames, feed)
     data = orjson.dumps(resource)
+    cache = {} if rewritten is None else rewritten
 
     def rewrite(match: re.Match[bytes]) -> bytes:
-        raw = match.group(1)
-        ref = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
-        new = resolve_reference(ref, renames, feed)
-        return match.group(0) if new == ref else b'"reference":' + orjson.dumps(new)
+        whole = match.group(0)
+        done = cache.get(whole)
+        if done is None:
+            raw = match.group(1)
+            ref = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+            new = resolve_reference(ref, renames, feed)
+            done = whole if new == ref else b'"reference":' + orjson.dumps(new)
+            cache[whole] = done
+        return done
 
     return _REFERENCE.sub(rewrite, data)
 

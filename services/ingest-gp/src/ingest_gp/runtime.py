@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fhir_common import gctuning
 from fhir_common.service import ServiceContext
 from ingest_gp.bulk import Importer
 from ingest_gp.csvingest import Mappings
@@ -34,6 +35,9 @@ async def start(ctx: ServiceContext) -> Runtime:
     if not settings.embedded:
         pool.start()  # warm workers before the first push; embedded mode starts them on need
     await runtime.importer.start()
+    if not settings.embedded:
+        # This process is ingest-gp alone (embedded mode's process is everyone's: left alone).
+        gctuning.tune()
     return runtime
 
 

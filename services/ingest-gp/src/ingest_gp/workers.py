@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from fhir_common import gctuning
 from fhir_common.errors import Issue
 from fhir_common.feeds import Feed
 from ingest_gp.checks import check_resource, full_check
@@ -22,6 +23,7 @@ def warm_up() -> None:
     """Import the models and build their validators before the first real work arrives."""
     check_resource({"resourceType": "Patient", "id": "warm-up", "active": True})
     check_resource({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})
+    gctuning.tune()  # a worker process is ingest-gp's alone
 
 
 def check_encoded(items: list[tuple[bytes, str]]) -> list[list[Issue]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from fhir_common import gctuning
 from fhir_common.bus import Bus, KafkaBus
 from fhir_common.service import ServiceContext, ServiceSpec, create_service_app
 from record import consumer, persons
@@ -27,15 +27,6 @@ class Runtime:
     """What the running record holds beyond the shared context (``app.state.record``)."""
 
     relay: Relay | None = None
-
-
-def tune_gc(threshold: int) -> None:
-    """Freeze what start-up allocated and collect the young generation less often: a batch of
-    thousands of parsed resources otherwise sets off full collections over everything alive."""
-    gc.collect()
-    gc.freeze()
-    first, second, third = gc.get_threshold()
-    gc.set_threshold(max(first, threshold), second, third)
 
 
 def create_app(settings: RecordSettings | None = None, bus: Bus | None = None) -> FastAPI:
@@ -63,7 +54,7 @@ def create_app(settings: RecordSettings | None = None, bus: Bus | None = None) -
         runtime.relay.start()
         consumer.register(ctx, settings, runtime.relay)
         if settings.record_gc_threshold:
-            tune_gc(settings.record_gc_threshold)
+            gctuning.tune(settings.record_gc_threshold)
 
     async def on_stop(_: ServiceContext) -> None:
         if runtime.relay is not None:

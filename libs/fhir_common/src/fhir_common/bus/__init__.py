@@ -27,4 +27,5 @@ def create_bus(settings: Settings, client_id: str) -> Bus:
         client_id=client_id,
         partitions=settings.kafka_partitions,
         group_prefix=settings.kafka_group_prefix,
+        instance_id=settings.instance_id,
     )

@@ -73,20 +73,34 @@ def check_messages(messages: Sequence[Message]) -> None:
 
     Raises ``TypeError`` or ``ValueError`` (both permanent errors).
     """
+    # A call's messages share a few topics and usually one headers mapping: check each once.
+    topics: set[str] = set()
+    headers_seen: set[int] = set()  # ids of mappings checked (alive in ``messages``)
     for message in messages:
         if not isinstance(message, Message):
             raise TypeError(f"expected a Message, got {type(message).__name__}")
-        if not isinstance(message.topic, str) or not _TOPIC_NAME.match(message.topic):
-            raise ValueError(f"invalid topic name {message.topic!r}")
-        if message.topic in {".", ".."}:
-            raise ValueError(f"invalid topic name {message.topic!r}")
+        topic = message.topic
+        if not isinstance(topic, str) or topic not in topics:
+            _check_topic(topic)
+            topics.add(topic)
         if not isinstance(message.key, str):
             raise TypeError(f"message key must be str, got {type(message.key).__name__}")
         if not isinstance(message.value, bytes):
             raise TypeError(f"message value must be bytes, got {type(message.value).__name__}")
-        for name, value in message.headers.items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError(f"message header {name!r} must map str to str")
+        if id(message.headers) not in headers_seen:
+            _check_headers(message.headers)
+            headers_seen.add(id(message.headers))
+
+
+def _check_topic(topic: object) -> None:
+    if not isinstance(topic, str) or not _TOPIC_NAME.match(topic) or topic in {".", ".."}:
+        raise ValueError(f"invalid topic name {topic!r}")
+
+
+def _check_headers(headers: Mapping[str, str]) -> None:
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"message header {name!r} must map str to str")
 
 
 @dataclass(frozen=True)
