@@ -95,16 +95,7 @@ def bundles() -> type[Bundles]:
 @pytest.fixture
 async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
     """A database of its own on the real PostgreSQL server, dropped afterwards."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
+    from fhir_common.scratch import scratch_database
 
-    url = make_url(database_url)
-    name = f"jd_test_{uuid.uuid4().hex[:10]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(database_url, "jd_test") as url:
+        yield url

@@ -31,6 +31,7 @@ from fhir_common.auth import LocalSigner
 from fhir_common.events import DEADLETTER
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.net import free_port
+from fhir_common.scratch import create_database, drop_database
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,6 @@ def gp(
     tmp_path_factory: pytest.TempPathFactory, database_url: str, kafka_bootstrap: str
 ) -> Iterator[Gp]:
     """One ingest-gp process for the module, on a database of its own."""
-    import asyncpg
     from sqlalchemy.engine import make_url
 
     tmp = tmp_path_factory.mktemp("gp-e2e")
@@ -92,16 +92,7 @@ def gp(
 
     url = make_url(database_url)
     name = f"jd_gp_e2e_{run}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(create_database(database_url, name))
     port = free_port()
     env = {
         **os.environ,
@@ -146,7 +137,7 @@ def gp(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(drop_database(database_url, name))
 
 
 class Topics:

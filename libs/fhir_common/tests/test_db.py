@@ -10,12 +10,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, select, text
 
 from fhir_common.db import Database, JsonDocument, upsert
+from fhir_common.scratch import create_database, drop_database
 
 MIGRATION = '''
 """Items and links, in whatever schema the Database migrates.
@@ -98,35 +99,29 @@ def tables(schema: str) -> tuple[Table, Table]:
 # --- databases -----------------------------------------------------------------------------------
 
 
-def in_a_thread(work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+T = TypeVar("T")
+
+
+def in_a_thread(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run async set-up work from a sync (module-scoped) fixture, on a loop of its own."""
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, work()).result()
+        return pool.submit(asyncio.run, work()).result()
 
 
 @pytest.fixture(scope="module")
 def postgresql_url(database_url: str) -> Iterator[str]:
     """A database of its own on the real PostgreSQL server, dropped after this module; each
     test works in a schema of its own inside it."""
-    import asyncpg
     from sqlalchemy.engine import make_url
 
     url = make_url(database_url)
     name = f"jd_test_{uuid.uuid4().hex[:10]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(admin_dsn)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    in_a_thread(lambda: admin(f'CREATE DATABASE "{name}"'))
+    server = url.render_as_string(hide_password=False)
+    created = in_a_thread(lambda: create_database(server, name))
     try:
-        yield url.set(database=name).render_as_string(hide_password=False)
+        yield created
     finally:
-        in_a_thread(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        in_a_thread(lambda: drop_database(server, name))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])

@@ -20,6 +20,7 @@ from hl7.mllp import open_hl7_connection
 from sqlalchemy.engine import make_url
 
 from fhir_common.db import Database
+from fhir_common.scratch import create_database, drop_database
 from ingest_acute.bench import nhs_numbers
 from ingest_acute.encounters import EncounterState
 from ingest_acute.inflight import KeyedLock
@@ -130,8 +131,7 @@ async def on_postgres(database_url: str) -> AsyncIterator[OnPostgres]:
     admin = await asyncpg.connect(
         url.set(drivername="postgresql").render_as_string(hide_password=False)
     )
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    db = Database(url.set(database=name).render_as_string(hide_password=False), "ingest_acute")
+    db = Database(await create_database(database_url, name), "ingest_acute")
     try:
         await db.migrate(Path(__import__("ingest_acute").__file__).parent / "migrations")
         store = Store(db)
@@ -139,8 +139,8 @@ async def on_postgres(database_url: str) -> AsyncIterator[OnPostgres]:
         await store.close()
     finally:
         await db.dispose()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+        await drop_database(database_url, name)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -61,30 +61,23 @@ def no_joinedup_environment() -> Iterator[None]:
 # --- databases -----------------------------------------------------------------------------------
 
 
-def in_a_thread(work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+T = TypeVar("T")
+
+
+def in_a_thread(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run async set-up work from a sync (session-scoped) fixture, on a loop of its own."""
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, work()).result()
+        return pool.submit(asyncio.run, work()).result()
 
 
 @pytest.fixture(scope="session")
 def postgresql_url(database_url: str) -> Iterator[str]:
     """A database of its own on the real PostgreSQL server, migrated once for the session and
     dropped afterwards; each test starts from empty tables (``empty``)."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
+    from fhir_common.scratch import create_database, drop_database
 
-    url = make_url(database_url)
     name = f"jd_test_{uuid.uuid4().hex[:10]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    test_url = url.set(database=name).render_as_string(hide_password=False)
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(admin_dsn)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
+    test_url = in_a_thread(lambda: create_database(database_url, name))
 
     async def migrate() -> None:
         database = Database(test_url, SCHEMA)
@@ -94,12 +87,11 @@ def postgresql_url(database_url: str) -> Iterator[str]:
         finally:
             await database.dispose()
 
-    in_a_thread(lambda: admin(f'CREATE DATABASE "{name}"'))
     try:
         in_a_thread(migrate)
         yield test_url
     finally:
-        in_a_thread(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        in_a_thread(lambda: drop_database(database_url, name))
 
 
 async def empty(database: Database) -> None:

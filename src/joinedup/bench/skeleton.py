@@ -32,6 +32,7 @@ import httpx
 from fhir_common.events import RECORD_CHANGES
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.net import free_port
+from fhir_common.scratch import create_database, drop_database
 from fhir_common.settings import Settings
 from joinedup.bench.bus import WAIT_LIMIT, Counter
 from joinedup.bench.ingest import IN_FLIGHT, Pushed, push_all
@@ -285,22 +286,13 @@ async def fresh_database(database_url: str, name: str) -> AsyncIterator[tuple[st
 
     Yields its SQLAlchemy URL (for the services) and a plain DSN (for asyncpg).
     """
-    import asyncpg
     from sqlalchemy.engine import make_url
 
-    url = make_url(database_url)
-    admin = await asyncpg.connect(
-        url.set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    url = await create_database(database_url, name)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield (
-            url.set(database=name).render_as_string(hide_password=False),
-            url.set(drivername="postgresql", database=name).render_as_string(hide_password=False),
-        )
+        yield url, make_url(url).set(drivername="postgresql").render_as_string(False)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(database_url, name)
 
 
 def _service_env(

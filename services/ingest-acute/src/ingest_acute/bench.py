@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.identifiers import nhs_check_digit
+from fhir_common.scratch import scratch_database
 from fhir_common.validation import validate_resource
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
@@ -174,20 +175,9 @@ def _settings(data_dir: Path, **extra: Any) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def _fresh_database(database_url: str) -> AsyncIterator[str]:
     """A database of its own on the PostgreSQL server, dropped afterwards."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
 
-    url = make_url(database_url)
-    name = f"jd_bench_acute_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(
-        url.set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(database_url, "jd_bench_acute") as url:
+        yield url
 
 
 # ----------------------------------------------------------------------------- the senders

@@ -34,6 +34,8 @@ from typing import Any
 
 import orjson
 
+from fhir_common.scratch import create_database, drop_database
+
 SAMPLES = Path(__file__).resolve().parents[4].parent / "shared" / "samples" / "synthea-r4"
 ISSUER = "ingest-gp-bench"
 FEED_ID = "bench-gp"
@@ -214,19 +216,12 @@ def _children(pid: int) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def fresh_database(database_url: str, name: str) -> AsyncIterator[str]:
-    import asyncpg
-    from sqlalchemy.engine import make_url
 
-    url = make_url(database_url)
-    admin = await asyncpg.connect(
-        url.set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    url = await create_database(database_url, name)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield url.set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(database_url, name)
 
 
 @contextlib.asynccontextmanager

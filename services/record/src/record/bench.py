@@ -41,6 +41,7 @@ import orjson
 
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM, nhs_check_digit
 from fhir_common.net import free_port
+from fhir_common.scratch import scratch_database
 from record.indexing import index_rows
 
 READY_LIMIT = 120.0
@@ -201,25 +202,8 @@ def clone(templates: Sequence[Template], head: str, nhs: str) -> Iterator[Clone]
 @contextlib.asynccontextmanager
 async def fresh_database(database_url: str, prefix: str) -> AsyncIterator[str]:
     """A database of its own on the PostgreSQL server, dropped afterwards."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        for attempt in range(60):  # an autovacuum worker may hold it: FORCE cannot end those
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                break
-            except asyncpg.PostgresError:
-                if attempt == 59:
-                    raise
-                await asyncio.sleep(1)
-        await admin.close()
+    async with scratch_database(database_url, prefix) as url:
+        yield url
 
 
 def loopback_without_tls(database_url: str) -> str:
