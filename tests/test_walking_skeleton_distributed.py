@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -18,11 +17,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from fhir_common.auth import LocalSigner
-from fhir_common.events import DEADLETTER, FHIR_TOPIC_PATTERN, RECORD_CHANGES
+from fhir_common.bus.kafka import fhir_partitions, start_groups_at_end
+from fhir_common.events import DEADLETTER, RECORD_CHANGES
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM
 from fhir_common.net import free_port
@@ -78,7 +78,7 @@ def deployment(
     }
     # Fresh groups would first replay every earlier run's fhir.* messages on this broker.
     asyncio.run(
-        _start_groups_at_end(
+        start_groups_at_end(
             kafka_bootstrap, [f"{group_prefix}record", f"{group_prefix}ingest-gp.patients"]
         )
     )
@@ -107,37 +107,6 @@ def deployment(
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-async def _fhir_partitions(bootstrap: str) -> list[TopicPartition]:
-    """Every partition of every fhir.* topic, as the broker describes them now."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if re.fullmatch(FHIR_TOPIC_PATTERN, t)]
-        described = await admin.describe_topics(topics) if topics else []
-        return [
-            TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]
-        ]
-    finally:
-        await admin.close()
-
-
-async def _start_groups_at_end(bootstrap: str, groups: list[str]) -> None:
-    """Commit ``groups``' offsets at the current end of every fhir.* topic."""
-    partitions = await _fhir_partitions(bootstrap)
-    if not partitions:
-        return
-    for group in groups:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            consumer.assign(partitions)
-            await consumer.commit(await consumer.end_offsets(partitions))
-        finally:
-            await consumer.stop()
 
 
 def _wait_ready(urls: dict[str, str], logs: Path, seconds: float = 90) -> None:
@@ -169,7 +138,7 @@ async def _eventually(check: Any, seconds: float = 60) -> Any:
 
 async def _lag(bootstrap: str, group: str, topics: set[str]) -> int:
     """How far ``group`` is behind the end of ``topics``."""
-    partitions = [tp for tp in await _fhir_partitions(bootstrap) if tp.topic in topics]
+    partitions = [tp for tp in await fhir_partitions(bootstrap) if tp.topic in topics]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)

@@ -175,6 +175,7 @@ async def distributed_ingest(ctx: Context) -> list[Result]:
     import asyncpg
 
     from fhir_common.auth import LocalSigner
+    from fhir_common.bus.kafka import start_groups_at_end
 
     database_url = ctx.env("JOINEDUP_DATABASE_URL")
     bootstrap = ctx.env("JOINEDUP_KAFKA_BOOTSTRAP")
@@ -195,6 +196,11 @@ async def distributed_ingest(ctx: Context) -> list[Result]:
         headers = _push_headers(token)
         async with fresh_database(database_url, f"jd_bench_{run}") as (url, dsn):
             env = _service_env(workdir, signer.public_key_pem(), feed, url, bootstrap)
+            # groups of this run's own, started at the end of the fhir.* topics: on a broker
+            # that other runs used, the record would first replay all they published
+            groups = f"bench-{run}."
+            env["JOINEDUP_KAFKA_GROUP_PREFIX"] = groups
+            await start_groups_at_end(bootstrap, [f"{groups}record", f"{groups}ingest-gp.patients"])
             ctx.note(f"starting {', '.join(SERVICES)} (logs in a temporary directory)")
             async with serving(SERVICES, env, workdir) as urls:
                 conn = await asyncpg.connect(dsn)

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from fhir_common.bus.base import Bus, Subscription, check_messages, deliver, wait_or_stop
 from fhir_common.bus.identity import TransactionalIdClaim, claim_transactional_id
-from fhir_common.events import DEADLETTER, RECORD_CHANGES, Message
+from fhir_common.events import DEADLETTER, FHIR_TOPIC_PATTERN, RECORD_CHANGES, Message
 from fhir_common.observability import MESSAGES_PUBLISHED
 
 log = logging.getLogger(__name__)
@@ -521,3 +522,38 @@ def _message(record: ConsumerRecord) -> Message:
         partition=record.partition,
         offset=record.offset,
     )
+
+
+async def fhir_partitions(bootstrap: str) -> list[TopicPartition]:
+    """Every partition of every ``fhir.<Type>`` topic, as the broker describes them now (the
+    admin client: a consumer's metadata can still be empty)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if re.fullmatch(FHIR_TOPIC_PATTERN, t)]
+        described = await admin.describe_topics(topics) if topics else []
+        return [
+            TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]
+        ]
+    finally:
+        await admin.close()
+
+
+async def start_groups_at_end(bootstrap: str, groups: Sequence[str]) -> None:
+    """Commit ``groups``' offsets at the current end of every ``fhir.*`` topic, so that new
+    groups (of a test or benchmark run on a shared broker) see only what is published from now
+    on instead of replaying every earlier run's messages. Topics created later are read from
+    their start, as usual."""
+    partitions = await fhir_partitions(bootstrap)
+    if not partitions:
+        return
+    for group in groups:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            await consumer.commit(await consumer.end_offsets(partitions))
+        finally:
+            await consumer.stop()
