@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,47 @@ async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
 
     async with scratch_database(database_url, "jd_test") as url:
         yield url
+
+
+async def _read_topics(
+    bootstrap: str,
+    topics: list[str],
+    wanted: Callable[[Any], bool],
+    count: int,
+    settle: float = 0.0,
+) -> list[Any]:
+    """Read ``topics`` from the start with a fresh group until ``count`` records match (then
+    ``settle`` seconds more, to see that no more arrive). Read committed, 60 s at most."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=f"test-{uuid.uuid4()}",
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(found) < count:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found += [r for r in records if wanted(r)]
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                found += [r for r in records if wanted(r)]
+    finally:
+        await consumer.stop()
+    return found
+
+
+TopicReader = Callable[..., Awaitable[list[Any]]]
+
+
+@pytest.fixture
+def read_topics() -> TopicReader:
+    """Reads Kafka topics until enough records match (a fixture: test modules cannot import
+    conftest): ``await read_topics(bootstrap, topics, wanted, count, settle=0.0)``."""
+    return _read_topics

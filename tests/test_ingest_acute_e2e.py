@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from asgi_lifespan import LifespanManager
 from hl7.mllp import open_hl7_connection
 
@@ -281,34 +280,6 @@ def from_sender(data: bytes, sender: str) -> bytes:
     return data.replace(b"|PAS|RCB|", f"|PAS|{sender}|".encode(), 1)
 
 
-async def read_topics(
-    bootstrap: str, topics: list[str], wanted: Any, count: int, settle: float = 0.0
-) -> list[ConsumerRecord]:
-    """Read ``topics`` from the start with a fresh group until ``count`` records match (then
-    ``settle`` seconds more, to see that no more arrive)."""
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4()}",
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    found: list[ConsumerRecord] = []
-    try:
-        async with asyncio.timeout(60):
-            while len(found) < count:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    found += [r for r in records if wanted(r)]
-        end = time.monotonic() + settle
-        while time.monotonic() < end:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                found += [r for r in records if wanted(r)]
-    finally:
-        await consumer.stop()
-    return found
-
-
 def ours(deployment: Deployment, nhs_number: str) -> Any:
     """Records of this test: its patient's key and its deployment's feed. (The key alone is not
     enough: the 999 test range holds under a million NHS numbers, and tests and benchmarks on
@@ -319,7 +290,7 @@ def ours(deployment: Deployment, nhs_number: str) -> Any:
 
 @pytest.mark.integration
 async def test_mllp_to_kafka_keyed_ordered_and_idempotent(
-    deployment: Deployment, nhs_number: str
+    deployment: Deployment, nhs_number: str, read_topics: Any
 ) -> None:
     sender = deployment.feed.sender or ""
     admission = from_sender(for_patient(ADMISSION, nhs_number), sender)
@@ -353,7 +324,7 @@ async def test_mllp_to_kafka_keyed_ordered_and_idempotent(
 
 @pytest.mark.integration
 async def test_a_resend_after_a_restart_is_still_recognised(
-    deployment: Deployment, nhs_number: str, tmp_path: Path
+    deployment: Deployment, nhs_number: str, tmp_path: Path, read_topics: Any
 ) -> None:
     sender = deployment.feed.sender or ""
     admission = from_sender(for_patient(ADMISSION, nhs_number), sender)
@@ -391,7 +362,9 @@ async def test_a_resend_after_a_restart_is_still_recognised(
 
 
 @pytest.mark.integration
-async def test_unknown_senders_and_junk_reach_the_dead_letter_topic(deployment: Deployment) -> None:
+async def test_unknown_senders_and_junk_reach_the_dead_letter_topic(
+    deployment: Deployment, read_topics: Any
+) -> None:
     marker = uuid.uuid4().hex.encode()
     junk = b"MSH|^~\\&|X|NOBODY-" + marker + b"|||20240101||ADT^A01|J1|P|2.4\rPID|1||1\r"
     (answer,) = await mllp_send(deployment.mllp_port, junk)

@@ -155,27 +155,6 @@ async def _lag(bootstrap: str, group: str, topics: set[str]) -> int:
         await admin.close()
 
 
-async def _read_topic(bootstrap: str, topic: str, wanted: Any, count: int) -> list[Any]:
-    """Read ``topic`` from the start with a fresh group until ``count`` records match."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4()}",
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        async with asyncio.timeout(60):
-            while len(found) < count:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    found += [r for r in records if wanted(r)]
-    finally:
-        await consumer.stop()
-    return found
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10) as client:
@@ -183,7 +162,11 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_bundle_flows_through_kafka_into_postgres(
-    deployment: Deployment, client: httpx.AsyncClient, bundle: dict, nhs_number: str
+    deployment: Deployment,
+    client: httpx.AsyncClient,
+    bundle: dict,
+    nhs_number: str,
+    read_topics: Any,
 ) -> None:
     ingest, record = deployment.urls["ingest-gp"], deployment.urls["record"]
     pushed = await client.post(
@@ -213,8 +196,8 @@ async def test_bundle_flows_through_kafka_into_postgres(
     assert [e["resource"]["id"] for e in search.json()["entry"]] == [patient_id]
 
     # the record told everyone, after its commit, on record.changes, keyed by NHS number
-    changes = await _read_topic(
-        deployment.kafka, RECORD_CHANGES, lambda r: r.key == nhs_number.encode(), 3
+    changes = await read_topics(
+        deployment.kafka, [RECORD_CHANGES], lambda r: r.key == nhs_number.encode(), 3
     )
     assert {orjson.loads(r.value)["change"] for r in changes} == {"created"}
 
@@ -244,7 +227,11 @@ async def test_bundle_flows_through_kafka_into_postgres(
 
 
 async def test_bad_push_is_refused_and_dead_lettered_on_kafka(
-    deployment: Deployment, client: httpx.AsyncClient, bundle: dict, bundles: Any
+    deployment: Deployment,
+    client: httpx.AsyncClient,
+    bundle: dict,
+    bundles: Any,
+    read_topics: Any,
 ) -> None:
     broken = bundles.with_bad_birth_date(bundle)
     # 2 MB: over Kafka's default 1 MB message limit, so the dead letter proves ours is raised
@@ -257,7 +244,7 @@ async def test_bad_push_is_refused_and_dead_lettered_on_kafka(
     )
     assert response.status_code == 422
     assert response.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.birthDate"]
-    kept = await _read_topic(deployment.kafka, DEADLETTER, lambda r: r.value == body, 1)
+    kept = await read_topics(deployment.kafka, [DEADLETTER], lambda r: r.value == body, 1)
     headers = dict(kept[0].headers)
     assert headers["service"] == b"ingest-gp"
     assert b"birthDate" in headers["error"] or b"date" in headers["error"].lower()

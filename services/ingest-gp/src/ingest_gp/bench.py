@@ -103,11 +103,15 @@ def ndjson_lines(bundle: bytes) -> Iterator[bytes]:
         yield orjson.dumps(entry["resource"])
 
 
-def write_ndjson(path: Path, target_bytes: int) -> int:
-    """Write Synthea resources (fresh ids per copy) until the file holds ``target_bytes``."""
+FRESH_COPIES = 1000  # copy numbers of files with ids no warm-up file used
+
+
+def write_ndjson(path: Path, target_bytes: int, first_copy: int = 1) -> int:
+    """Write Synthea resources (fresh ids per copy, copies numbered from ``first_copy``: a file
+    whose ids no earlier one used starts far enough on) until the file holds ``target_bytes``."""
     originals = synthea_bundles()
     written = lines = 0
-    copy = 1
+    copy = first_copy
     with path.open("wb") as sink:
         while written < target_bytes:
             for original in originals:
@@ -403,7 +407,7 @@ async def ndjson_import(quick: bool = False) -> list[dict[str, Any]]:
         await service.caught_up()
         path = service.import_dir / "bench.ndjson"
         size = 10_000_000 if quick else 60_000_000
-        lines = await asyncio.to_thread(write_ndjson_fresh, path, size)
+        lines = await asyncio.to_thread(write_ndjson, path, size, FRESH_COPIES)
         cpu_before = service.cpu_seconds()
         seconds, report, _ = await _import(service, path)
         cpu = service.cpu_seconds() - cpu_before
@@ -438,24 +442,6 @@ async def ndjson_import(quick: bool = False) -> list[dict[str, Any]]:
     ]
 
 
-def write_ndjson_fresh(path: Path, target_bytes: int) -> int:
-    """Like ``write_ndjson`` but with ids no earlier file used."""
-    originals = synthea_bundles()
-    written = lines = 0
-    copy = 1000
-    with path.open("wb") as sink:
-        while written < target_bytes:
-            for original in originals:
-                for line in ndjson_lines(renamed(original, copy)):
-                    sink.write(line + b"\n")
-                    written += len(line) + 1
-                    lines += 1
-                if written >= target_bytes:
-                    break
-            copy += 1
-    return lines
-
-
 async def ndjson_import_memory(quick: bool = False) -> list[dict[str, Any]]:
     """Peak RSS of ingest-gp (and of each validation worker) importing a ~200 MB NDJSON file:
     memory must not grow with the file."""
@@ -463,7 +449,7 @@ async def ndjson_import_memory(quick: bool = False) -> list[dict[str, Any]]:
     async with running_service() as service:
         service.import_dir.mkdir(parents=True, exist_ok=True)
         path = service.import_dir / "big.ndjson"
-        lines = await asyncio.to_thread(write_ndjson_fresh, path, size)
+        lines = await asyncio.to_thread(write_ndjson, path, size, FRESH_COPIES)
         file_mb = path.stat().st_size / 2**20
         await service.caught_up()
         before = service.peak_rss_mb()
