@@ -37,6 +37,7 @@ def test_quick_run_writes_positive_results(tmp_path: Path) -> None:
         assert result["seconds"] > 0, result
         assert result["unit"], result
         assert result["params"], result
+        assert result["params"]["cpu_probe_ms"] > 0, result  # the machine's speed at the time
     embedded = results["skeleton.embedded.ingest"]["params"]
     assert embedded["resources_in_record"] >= embedded["resources"] > 0
     assert "skeleton.embedded.ingest" in outcome.output
