@@ -291,6 +291,55 @@ async def test_upsert_inserts_then_updates(db: Database, schema: str) -> None:
     ]
 
 
+async def test_upsert_counts_a_repeated_key_once_the_last_given(db: Database, schema: str) -> None:
+    """One statement may not touch a row twice: repeats are folded (the last wins), through a
+    Core connection as through a session, however many rows (more than one statement's)."""
+    items, _ = tables(schema)
+    many = [{"id": f"{n:05d}", "name": "first", "doc": None} for n in range(2500)]
+    again = [{"id": f"{n:05d}", "name": "last", "doc": None} for n in range(0, 2500, 2)]
+    async with db.engine.begin() as connection:
+        await upsert(connection, items, [*many, *again], ["id"])
+    stored = await rows(db, items)
+    assert len(stored) == 2500
+    assert {name for id_, name, _ in stored if int(id_) % 2 == 0} == {"last"}
+    assert {name for id_, name, _ in stored if int(id_) % 2 == 1} == {"first"}
+
+
+@pytest.mark.integration
+async def test_upserts_of_the_same_rows_in_opposite_orders_do_not_deadlock(
+    postgresql_url: str, schema: str, migrations: Path
+) -> None:
+    """A consumer and a publisher keep the same directory: one transaction holds row a and
+    then wants b, while the other upserts [b, a]. Written in the order given, the second would
+    lock b, then wait for a: a deadlock, and PostgreSQL aborts one of them. In key order it
+    waits for a before it takes b, and both commit."""
+    db = Database(postgresql_url, schema)
+    await db.migrate(migrations)
+    items, _ = tables(schema)
+    a, b = {"id": "a", "name": "a0", "doc": None}, {"id": "b", "name": "b0", "doc": None}
+    try:
+        async with db.transaction() as session:
+            await upsert(session, items, [a, b], ["id"])
+        first_has_a = asyncio.Event()
+
+        async def first() -> None:
+            async with db.transaction() as session:
+                await upsert(session, items, [{**a, "name": "a1"}], ["id"])
+                first_has_a.set()
+                await asyncio.sleep(0.5)  # the second is now waiting, for a (or holding b)
+                await upsert(session, items, [{**b, "name": "b1"}], ["id"])
+
+        async def second() -> None:
+            await first_has_a.wait()
+            async with db.transaction() as session:
+                await upsert(session, items, [{**b, "name": "b2"}, {**a, "name": "a2"}], ["id"])
+
+        await asyncio.wait_for(asyncio.gather(first(), second()), 30)
+        assert await rows(db, items) == [("a", "a2", None), ("b", "b2", None)]
+    finally:
+        await db.dispose()
+
+
 async def test_upsert_of_nothing_does_nothing(db: Database, schema: str) -> None:
     items, _ = tables(schema)
     async with db.transaction() as session:

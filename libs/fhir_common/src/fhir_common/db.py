@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -122,19 +123,39 @@ def run_migrations_online(target_metadata: Any) -> None:
         context.run_migrations()
 
 
+UPSERT_CHUNK = 1000  # rows per INSERT statement
+
+
 async def upsert(
-    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+    executor: AsyncSession | AsyncConnection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
 ) -> None:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE, on PostgreSQL and SQLite alike."""
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, on PostgreSQL and SQLite alike, through a
+    session or a Core connection.
+
+    Rows with the same key count once, the last one given (as if written one after another; a
+    single statement may not touch a row twice). They are written in key order: two
+    transactions that upsert overlapping rows (a consumer and a publisher keeping the same
+    directory) then lock them in the same order and wait for each other instead of deadlocking.
+    """
     if not rows:
         return
-    dialect = session.bind.dialect.name if session.bind else "postgresql"
-    insert_for = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    latest = {tuple(row[k] for k in keys): row for row in rows}
+    ordered = [latest[key] for key in sorted(latest)]
+    insert_for = sqlite_insert if _dialect_name(executor) == "sqlite" else postgresql_insert
     statement = insert_for(table)
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
-    if not updates:  # nothing but the key: a row that is there already is already right
-        await session.execute(statement.on_conflict_do_nothing(index_elements=list(keys)), rows)
-        return
-    await session.execute(
-        statement.on_conflict_do_update(index_elements=list(keys), set_=updates), list(rows)
-    )
+    if updates:
+        write = statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
+    else:  # nothing but the key: a row that is there already is already right
+        write = statement.on_conflict_do_nothing(index_elements=list(keys))
+    for start in range(0, len(ordered), UPSERT_CHUNK):
+        await executor.execute(write, ordered[start : start + UPSERT_CHUNK])
+
+
+def _dialect_name(executor: AsyncSession | AsyncConnection) -> str:
+    if isinstance(executor, AsyncConnection):
+        return executor.dialect.name
+    return executor.bind.dialect.name if executor.bind else "postgresql"

@@ -18,7 +18,7 @@ order could lose a message (remembered, never published, answered as a duplicate
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,11 +37,8 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhir_common.db import Database
+from fhir_common.db import Database, upsert
 from ingest_acute import postgres
 from ingest_acute.batching import Batcher
 from ingest_acute.encounters import EncounterState
@@ -154,9 +151,9 @@ class Store:
             return [None] * len(outcomes)
         # Core statements in one transaction: the ORM session added nothing here.
         async with self.db.engine.begin() as conn:
-            await _upsert(conn, received, receipts, ["feed", "control_id"])
-            await _upsert(conn, patient_keys, keys, ["patient_ref"])
-            await _upsert(conn, encounters, states, ["encounter_id"])
+            await upsert(conn, received, receipts, ["feed", "control_id"])
+            await upsert(conn, patient_keys, keys, ["patient_ref"])
+            await upsert(conn, encounters, states, ["encounter_id"])
             for feed, old, survivor in merged:
                 # whoever was merged into the old patient now belongs to the survivor too
                 await conn.execute(
@@ -170,7 +167,7 @@ class Store:
                     "survivor_source": survivor,
                     "merged_at": now,
                 }
-                await _upsert(conn, merges, [row], ["feed", "old_source"])
+                await upsert(conn, merges, [row], ["feed", "old_source"])
         return [None] * len(outcomes)
 
 
@@ -282,21 +279,6 @@ class _Found:
         return receipt, known
 
 
-async def _upsert(
-    conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
-) -> None:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE on a Core connection (PostgreSQL or SQLite);
-    ``fhir_common.db.upsert`` wants an ORM session."""
-    if not rows:
-        return
-    insert_for = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
-    statement = insert_for(table)
-    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
-    await conn.execute(
-        statement.on_conflict_do_update(index_elements=list(keys), set_=updates), list(rows)
-    )
-
-
 def _receipt_row(receipt: Receipt, now: datetime) -> dict[str, Any]:
     return {
         "feed": receipt.feed,
@@ -323,5 +305,7 @@ def _problem(reason: str | None, code: str | None, location: str | None) -> Prob
 
 
 def _last_by(items: Iterable[tuple[Any, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per key, the last one given (a multi-row upsert may not touch a row twice)."""
-    return list(dict(items).values())
+    """One row per key, the last one given (a multi-row upsert may not touch a row twice), in
+    key order: replicas writing overlapping rows at once then lock them in the same order."""
+    latest = dict(items)
+    return [latest[key] for key in sorted(latest)]

@@ -163,13 +163,8 @@ async def publish(
 async def remember(session: AsyncSession, feed_id: str, items: Sequence[Outgoing]) -> None:
     if not items:
         return
-    latest = {i.ref: i for i in items}
-    rows = [
-        {"resource_ref": ref, "digest": i.digest, "source_digest": i.source}
-        for ref, i in latest.items()
-    ]
-    for start in range(0, len(rows), _CHUNK):
-        await upsert(session, published, rows[start : start + _CHUNK], ["resource_ref"])
+    rows = [{"resource_ref": i.ref, "digest": i.digest, "source_digest": i.source} for i in items]
+    await upsert(session, published, rows, ["resource_ref"])
     keys = {i.ref: i.key for i in items if i.resource_type == "Patient"}
     if keys:
         await upsert(
@@ -191,8 +186,7 @@ async def remember(session: AsyncSession, feed_id: str, items: Sequence[Outgoing
 
 async def remember_sources(session: AsyncSession, items: Sequence[Outgoing]) -> None:
     rows = [{"resource_ref": i.ref, "digest": i.digest, "source_digest": i.source} for i in items]
-    for start in range(0, len(rows), _CHUNK):
-        await upsert(session, published, rows[start : start + _CHUNK], ["resource_ref"])
+    await upsert(session, published, rows, ["resource_ref"])
 
 
 async def known_sources(session: AsyncSession, digests: Iterable[str]) -> set[str]:
@@ -239,11 +233,7 @@ def identifier_rows(
 
 
 async def remember_identifiers(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    unique = {(r["resource_type"], r["system"], r["value"], r["resource_ref"]): r for r in rows}
-    ordered = list(unique.values())
-    keys = ["resource_type", "system", "value", "resource_ref"]
-    for start in range(0, len(ordered), _CHUNK):
-        await upsert(session, identifiers, ordered[start : start + _CHUNK], keys)
+    await upsert(session, identifiers, rows, ["resource_type", "system", "value", "resource_ref"])
 
 
 @dataclass(frozen=True)
