@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import random
 import time
@@ -103,28 +104,44 @@ async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
         yield url
 
 
+# How far back before a test started ``read_topics`` looks: what a test reads it produced itself,
+# and on a long-lived broker reading every earlier run's messages took minutes.
+READ_BACK_SECONDS = 60.0
+
+
 async def _read_topics(
     bootstrap: str,
     topics: list[str],
     wanted: Callable[[Any], bool],
     count: int,
     settle: float = 0.0,
+    *,
+    since: float = 0.0,
 ) -> list[Any]:
-    """Read ``topics`` from the start with a fresh group until ``count`` records match (then
-    ``settle`` seconds more, to see that no more arrive). Read committed, 60 s at most."""
-    from aiokafka import AIOKafkaConsumer
+    """Read ``topics`` from the first record stamped at or after ``since`` (seconds since the
+    epoch; 0: the start) until ``count`` records match (then ``settle`` seconds more, to see that
+    no more arrive). Read committed, no consumer group, 60 s at most."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4()}",
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
     )
     await consumer.start()
     found: list[Any] = []
     try:
         async with asyncio.timeout(60):
+            partitions: list[TopicPartition] = []
+            for topic in topics:
+                while not (numbers := consumer.partitions_for_topic(topic)):
+                    await consumer._client.force_metadata_update()  # a topic made just now
+                    await asyncio.sleep(0.2)
+                partitions += [TopicPartition(topic, n) for n in sorted(numbers)]
+            consumer.assign(partitions)
+            starts = await consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
+            ends = await consumer.end_offsets(partitions)
+            for tp in partitions:
+                at = starts.get(tp)
+                consumer.seek(tp, at.offset if at is not None else ends[tp])
             while len(found) < count:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     found += [r for r in records if wanted(r)]
@@ -143,5 +160,7 @@ TopicReader = Callable[..., Awaitable[list[Any]]]
 @pytest.fixture
 def read_topics() -> TopicReader:
     """Reads Kafka topics until enough records match (a fixture: test modules cannot import
-    conftest): ``await read_topics(bootstrap, topics, wanted, count, settle=0.0)``."""
-    return _read_topics
+    conftest): ``await read_topics(bootstrap, topics, wanted, count, settle=0.0)``, from the
+    records stamped at most a minute before the test began."""
+    since = time.time() - READ_BACK_SECONDS
+    return functools.partial(_read_topics, since=since)

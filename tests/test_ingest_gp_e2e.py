@@ -28,6 +28,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from fhir_common.auth import LocalSigner
+from fhir_common.bus.kafka import start_groups_at_end
 from fhir_common.events import DEADLETTER
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.net import free_port
@@ -93,6 +94,9 @@ def gp(
     url = make_url(database_url)
     name = f"jd_gp_e2e_{run}"
     asyncio.run(create_database(database_url, name))
+    # The service's fhir.Patient consumer is a new group: on a long-lived broker it would first
+    # replay every earlier run's Patients into this module's database while the tests run.
+    asyncio.run(start_groups_at_end(kafka_bootstrap, [f"gp-e2e-{run}.ingest-gp.patients"]))
     port = free_port()
     env = {
         **os.environ,

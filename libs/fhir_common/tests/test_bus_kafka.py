@@ -11,8 +11,7 @@ import asyncio
 import importlib.util
 import logging
 import sys
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +25,8 @@ from fhir_common.bus.base import Bus
 from fhir_common.events import DEADLETTER, Header, Message
 
 pytestmark = pytest.mark.integration
+
+log = logging.getLogger(__name__)
 
 PARTITIONS = 6  # as in production (and the shared topics a bus creates on start)
 
@@ -54,18 +55,46 @@ def _load_scenarios() -> ModuleType:
 scenarios = _load_scenarios()
 
 
-async def read_topic(
-    bootstrap: str, topic: str, *, isolation: str = "read_committed"
-) -> list[Message]:
-    """Everything readable on ``topic`` now, with the given isolation level."""
+async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic`` now (none if it does not exist)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         [description] = await admin.describe_topics([topic])
     finally:
         await admin.close()
-    tps = [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
-    if description["error_code"] or not tps:
+    if description["error_code"]:
+        return []
+    return [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    """Where each partition of ``topic`` ends now, for read_committed readers."""
+    tps = await partitions_of(bootstrap, topic)
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(15):
+            return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    isolation: str = "read_committed",
+    start: Mapping[TopicPartition, int] | None = None,
+) -> list[Message]:
+    """Everything readable on ``topic`` now, with the given isolation level; from ``start``
+    for the partitions it names, from the beginning for the others."""
+    tps = await partitions_of(bootstrap, topic)
+    if not tps:
         return []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -79,7 +108,12 @@ async def read_topic(
     try:
         async with asyncio.timeout(15):
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            start = start or {}
+            if from_start := [tp for tp in tps if tp not in start]:
+                await consumer.seek_to_beginning(*from_start)
+            for tp in tps:
+                if tp in start:
+                    consumer.seek(tp, start[tp])
             end = await consumer.end_offsets(tps)
             while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
                 fetched = await consumer.getmany(timeout_ms=200)
@@ -106,6 +140,21 @@ class KafkaEnv(scenarios.BusEnv):
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.buses: list[KafkaBus] = []
+        # Every name handed out or topic created: the topics among them (and the pattern
+        # scenario's ``<name>.<Type>``) are this env's, deleted on close.
+        self.names: set[str] = set()
+        # Where the shared dead-letter topic ended when the env opened: what came before is
+        # other tests' (and, on a long-lived broker, other runs').
+        self.dead_letters_from: dict[TopicPartition, int] = {}
+
+    def unique(self, name: str) -> str:
+        unique = super().unique(name)
+        self.names.add(unique)
+        return unique
+
+    async def open(self) -> None:
+        # A partition not there yet (no dead-letter topic yet) is read from its start.
+        self.dead_letters_from = await end_offsets(self.bootstrap, DEADLETTER)
 
     def bus(self) -> Bus:
         bus = KafkaBus(self.bootstrap, client_id=self.unique("client"), partitions=PARTITIONS)
@@ -133,24 +182,53 @@ class KafkaEnv(scenarios.BusEnv):
         return fresh
 
     async def create_topics(self, *topics: str) -> None:
+        self.names.update(topics)
         admin_bus = KafkaBus(self.bootstrap, client_id="bus-tests", partitions=PARTITIONS)
         await admin_bus.ensure_topics(topics)
 
     async def dead_letters(self, topic: str) -> list[Message]:
         return [
             message
-            for message in await read_topic(self.bootstrap, DEADLETTER)
+            for message in await read_topic(
+                self.bootstrap, DEADLETTER, start=self.dead_letters_from
+            )
             if message.headers.get(Header.ORIGIN, "").startswith(f"{topic}/")
         ]
 
     async def close(self) -> None:
         await asyncio.gather(*(bus.stop() for bus in self.buses), return_exceptions=True)
+        await self.delete_topics()
+
+    async def delete_topics(self) -> None:
+        """Delete this env's topics, so that they do not pile up on a long-lived broker (and
+        slow every pattern consumer's metadata refresh). Best effort: never fails a test."""
+        if not self.names:
+            return
+        try:
+            async with asyncio.timeout(30):
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+                await admin.start()
+                try:
+                    mine = [
+                        topic
+                        for topic in await admin.list_topics()
+                        if topic.partition(".")[0] in self.names
+                    ]
+                    if mine:
+                        response = await admin.delete_topics(mine, timeout_ms=10_000)
+                        if failed := [e for e in response.topic_error_codes if e[1]]:
+                            log.warning("some test topics were not deleted: %s", failed)
+                finally:
+                    await admin.close()
+        except Exception:
+            log.warning("could not delete the test topics", exc_info=True)
 
 
 @pytest.fixture
 async def kafka_env(kafka_bootstrap: str) -> AsyncIterator[KafkaEnv]:
     env = KafkaEnv(kafka_bootstrap)
     try:
+        await env.open()
         yield env
     finally:
         await env.close()
@@ -172,8 +250,7 @@ async def test_refused_record_aborts_its_call_only(
     """A record the broker refuses (too large for its topic) aborts the transaction of its
     publish call: read_committed readers see none of that call, while a call gathered into
     the same transaction is published, and the producer works afterwards."""
-    suffix = uuid.uuid4().hex[:10]
-    topic, strict = f"bt-atomic-{suffix}", f"bt-strict-{suffix}"
+    topic, strict = kafka_env.unique("atomic"), kafka_env.unique("strict")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_env.bootstrap)
     await admin.start()
     try:

@@ -156,14 +156,18 @@ async def eventually_async(
 
 
 @contextlib.contextmanager
-def backoff(initial: float, jitter: float) -> Iterator[None]:
-    """Change the consumers' retry back-off for one scenario."""
-    saved = bus_base.RETRY_INITIAL, bus_base.RETRY_JITTER
+def backoff(initial: float, jitter: float, maximum: float | None = None) -> Iterator[None]:
+    """Change the consumers' retry back-off for one scenario: a wait is
+    ``min(maximum, initial * 2**n)`` plus up to ``jitter`` s (``maximum`` defaults to the
+    bus's ``RETRY_MAX``, which caps even the first wait)."""
+    saved = bus_base.RETRY_INITIAL, bus_base.RETRY_JITTER, bus_base.RETRY_MAX
     bus_base.RETRY_INITIAL, bus_base.RETRY_JITTER = initial, jitter
+    if maximum is not None:
+        bus_base.RETRY_MAX = maximum
     try:
         yield
     finally:
-        bus_base.RETRY_INITIAL, bus_base.RETRY_JITTER = saved
+        bus_base.RETRY_INITIAL, bus_base.RETRY_JITTER, bus_base.RETRY_MAX = saved
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -345,15 +349,20 @@ async def scenario_stop_while_failing_redelivers(env: BusEnv) -> None:
     consumer.subscribe(group, recorder, service=SERVICE, topics=[topic])
     sent = [make(topic, "patient-1", {"i": i}) for i in range(5)]
 
-    with backoff(initial=30.0, jitter=0.0):  # a long back-off that stop must cut short
+    # A long back-off that stop must cut short: 60 s before the second call. RETRY_MAX is
+    # raised with it, or its default (15 s) would cap the wait at 15 s.
+    retry_after = 60.0
+    with backoff(initial=retry_after, jitter=0.0, maximum=retry_after):
         await env.start(consumer, publisher)
         await publisher.publish(sent)
         await eventually(lambda: len(recorder.failures) >= 1, env.timeout, "a failed call")
         started = time.monotonic()
-        await asyncio.wait_for(env.stop(consumer), timeout=10)
+        await asyncio.wait_for(env.stop(consumer), timeout=retry_after / 2)
         stop_took = time.monotonic() - started
 
-    assert stop_took < 5, f"stop waited {stop_took:.1f} s for the back-off"
+    # Well under the 60 s back-off, with room for KafkaBus.stop (leaving the group, flushing
+    # and closing the transactional producer) on a loaded machine.
+    assert stop_took < 20, f"stop waited {stop_took:.1f} s for the back-off"
     assert len(recorder.calls) == 1  # not called again once stopping
     assert recorder.handled == []
     seen = {event_id(m) for call in recorder.calls for m in call}
@@ -541,8 +550,9 @@ async def scenario_pattern_picks_up_new_topics(env: BusEnv) -> None:
     await env.create_topics(late)
     second = [make(late, "patient-1", {"topic": "late", "n": 1})]
     await publisher.publish(second)
-    discovery = min(env.timeout, 10.0)  # Kafka: metadata refresh (3 s) plus a rebalance
-    await eventually(lambda: recorder.handled_ids() >= ids(second), discovery, "new topic")
+    # Kafka: a metadata refresh (up to METADATA_MAX_AGE_MS, 3 s), a rejoin of the group, a
+    # fetch from the new topic's start and a poll: a few seconds, more on a loaded machine.
+    await eventually(lambda: recorder.handled_ids() >= ids(second), env.timeout, "new topic")
     third = [make(late, "patient-1", {"topic": "late", "n": 2})]
     await publisher.publish(third)
     await eventually(lambda: recorder.handled_ids() >= ids(third), env.timeout, "more")

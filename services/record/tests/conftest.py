@@ -32,6 +32,7 @@ from fhir_common.identifiers import NHS_NUMBER_SYSTEM, resource_id
 from joinedup.tokens import user_token
 from record import versioning
 from record.main import MIGRATIONS, create_app
+from record.outbox import Relay
 from record.reindex import ensure_index
 from record.settings import RecordSettings
 from record.tables import SCHEMA, metadata
@@ -251,6 +252,13 @@ class Record:
         self.changes: list[Message] = []
         self.dead: list[Message] = []
 
+    @property
+    def relay(self) -> Relay:
+        """The app's outbox relay (started with the app)."""
+        relay: Relay | None = self.app.state.record.relay
+        assert relay is not None, "the record app is not started"
+        return relay
+
     async def publish(self, *messages: Message) -> None:
         await self.bus.publish(list(messages))
         async with asyncio.timeout(20):
@@ -281,12 +289,15 @@ class Record:
 
 
 @contextlib.asynccontextmanager
-async def running_record(data_dir: Path, keys: Keys, db_url: str) -> AsyncIterator[Record]:
-    """The record app on a fresh in-process bus (and emptied tables, on PostgreSQL)."""
+async def running_record(
+    data_dir: Path, keys: Keys, db_url: str, *, outbox_grace: float = 0.5
+) -> AsyncIterator[Record]:
+    """The record app on a fresh in-process bus (and emptied tables, on PostgreSQL). Its outbox
+    relay takes rows older than ``outbox_grace`` seconds to be left behind and publishes them."""
     settings = RecordSettings(
         data_dir=data_dir,
         database_url=db_url,
-        record_outbox_grace_seconds=0.5,
+        record_outbox_grace_seconds=outbox_grace,
         record_outbox_poll_seconds=0.2,
     )
     if not db_url.startswith("sqlite"):
@@ -328,6 +339,11 @@ async def record(tmp_path: Path, keys: Keys, db_url: str) -> AsyncIterator[Recor
 
 
 @pytest.fixture(scope="session")
-def start_record(keys: Keys) -> Callable[[Path, str], Any]:
-    """For module-scoped apps: ``async with start_record(data_dir, db_url) as record``."""
-    return lambda data_dir, db_url: running_record(data_dir, keys, db_url)
+def start_record(keys: Keys) -> Callable[..., Any]:
+    """For module-scoped apps, or settings of a test's own: ``async with start_record(data_dir,
+    db_url) as record`` (keyword arguments of ``running_record``, e.g. ``outbox_grace=60``)."""
+
+    def start(data_dir: Path, db_url: str, **options: Any) -> Any:
+        return running_record(data_dir, keys, db_url, **options)
+
+    return start
