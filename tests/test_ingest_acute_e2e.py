@@ -33,7 +33,7 @@ from fhir_common.bus import InProcessBus
 from fhir_common.events import DEADLETTER, RECORD_CHANGES, Message
 from fhir_common.feeds import Feed, FeedKind, FeedRegistry
 from fhir_common.identifiers import NHS_NUMBER_SYSTEM
-from fhir_common.net import free_port
+from fhir_common.net import free_ports
 from fhir_common.settings import Settings
 from joinedup.embedded import create_embedded_app
 from joinedup.tokens import feed_token, user_token
@@ -215,16 +215,17 @@ def _start(env: dict[str, str], http_port: int, log: Path) -> subprocess.Popen[b
     )
 
 
-def _wait_ready(url: str, log: Path, seconds: float = 90) -> None:
+def _wait_ready(url: str, log: Path, process: subprocess.Popen[bytes], seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    pytest.fail(f"ingest-acute not ready in {seconds}s: {log.read_text()[-3000:]}")
+    state = "ended" if process.poll() is not None else f"not ready in {seconds}s"
+    pytest.fail(f"ingest-acute {state}: {log.read_text()[-3000:]}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -252,7 +253,7 @@ def deployment(
     )
     feeds = tmp_path / "feeds.json"
     FeedRegistry(feeds).add(feed)
-    http_port, mllp_port = free_port(), free_port()
+    http_port, mllp_port = free_ports(2)
     env = {
         **os.environ,
         "JOINEDUP_MODE": "distributed",
@@ -270,7 +271,7 @@ def deployment(
     log = tmp_path / "ingest-acute.log"
     process = _start(env, http_port, log)
     try:
-        _wait_ready(url, log)
+        _wait_ready(url, log, process)
         yield Deployment(url, mllp_port, kafka_bootstrap, fresh_database_url, feed, env, log)
     finally:
         _stop(process)
@@ -334,12 +335,12 @@ async def test_a_resend_after_a_restart_is_still_recognised(
     assert [ack_code(a) for a in first] == ["AA", "AE"]
 
     # a second process on the same database and broker: the first one's answers stand
-    port = free_port()
-    env = {**deployment.env, "JOINEDUP_MLLP_PORT": str(free_port())}
+    port, mllp_port = free_ports(2)
+    env = {**deployment.env, "JOINEDUP_MLLP_PORT": str(mllp_port)}
     log = tmp_path / "second.log"
     second = _start(env, port, log)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", log)
+        _wait_ready(f"http://127.0.0.1:{port}", log, second)
         again = await mllp_send(int(env["JOINEDUP_MLLP_PORT"]), admission, bad)
         assert [ack_code(a) for a in again] == ["AA", "AE"]
     finally:

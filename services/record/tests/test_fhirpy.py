@@ -91,9 +91,10 @@ async def server(tmp_path: Path, keys: Any) -> AsyncIterator[str]:
     task = asyncio.create_task(served.serve())
     try:
         for _ in range(1000):  # 20 s
-            if served.started:
+            if served.started or task.done():
                 break
             await asyncio.sleep(0.02)
+        assert served.started, "the record did not start (its port taken?)"
         await bus.start()
         await bus.publish(
             [
