@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, select, text
 
-from fhir_common.db import Database, JsonDocument, upsert
+from fhir_common.db import Database, JsonDocument, loopback_without_tls, upsert
 from fhir_common.scratch import create_database, drop_database
 
 MIGRATION = '''
@@ -355,3 +355,51 @@ async def test_upsert_into_a_table_of_keys_only(db: Database, schema: str) -> No
         async with db.transaction() as session:
             await upsert(session, links, [{"a": "x", "b": "y"}], ["a", "b"])
     assert await rows(db, links) == [("x", "y")]
+
+
+# --- TLS on loopback -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            "postgresql+asyncpg://u:p@127.0.0.1:5432/db",
+            "postgresql+asyncpg://u:p@127.0.0.1:5432/db?ssl=disable",
+        ),
+        (
+            "postgresql+asyncpg://u:p@localhost/db",
+            "postgresql+asyncpg://u:p@localhost/db?ssl=disable",
+        ),
+        # what the URL says stands; a server elsewhere is left to negotiate
+        (
+            "postgresql+asyncpg://u:p@127.0.0.1/db?ssl=require",
+            "postgresql+asyncpg://u:p@127.0.0.1/db?ssl=require",
+        ),
+        (
+            "postgresql+asyncpg://u:p@localhost/db?sslmode=verify-full",
+            "postgresql+asyncpg://u:p@localhost/db?sslmode=verify-full",
+        ),
+        (
+            "postgresql+asyncpg://u:p@db.nhs.example/db",
+            "postgresql+asyncpg://u:p@db.nhs.example/db",
+        ),
+    ],
+)
+def test_tls_is_off_only_for_a_server_on_loopback_that_the_url_says_nothing_about(
+    given: str, expected: str
+) -> None:
+    assert loopback_without_tls(given) == expected
+
+
+@pytest.mark.integration
+async def test_a_loopback_connection_is_not_encrypted(postgresql_url: str) -> None:
+    database = Database(postgresql_url, "public")
+    try:
+        async with database.engine.connect() as connection:
+            encrypted = await connection.scalar(
+                text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            )
+    finally:
+        await database.dispose()
+    assert encrypted is False
