@@ -37,16 +37,20 @@ FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
 
 
-@pytest.fixture(scope="session", autouse=True)
+INFRASTRUCTURE = ("JOINEDUP_DATABASE_URL", "JOINEDUP_KAFKA_BOOTSTRAP")
+
+
+@pytest.fixture(scope="module", autouse=True)
 def _no_joinedup_environment() -> Iterator[None]:
-    """Settings come from the tests, not from whatever JOINEDUP_* the shell exports."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("JOINEDUP_")}
-    for name in saved:
-        del os.environ[name]
-    try:
+    """Settings come from the tests, not from whatever JOINEDUP_* the shell exports. Where
+    PostgreSQL and Kafka are stays (the ``database_url`` and ``kafka_bootstrap`` fixtures read
+    it, once a session), and everything is put back after each module: a session-wide removal
+    failed every later test in the run that was the first to ask for Kafka."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in list(os.environ):
+            if name.startswith("JOINEDUP_") and name not in INFRASTRUCTURE:
+                monkeypatch.delenv(name)
         yield
-    finally:
-        os.environ.update(saved)
 
 
 class Samples:

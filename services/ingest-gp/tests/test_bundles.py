@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +37,6 @@ SYNTHEA = SAMPLES / "synthea-r4" / "Buster_Hoeger_ad2e3fc5-2b5d-4cb9-8d03-9ea0f4
 FEED = Feed(id="gp-test", kind=FeedKind.FHIR, ods="Y01234", setting="primary")
 NHS_NUMBER = "9434765919"
 FHIR_JSON = "application/fhir+json"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_joinedup_environment() -> Iterator[None]:
-    """Settings come from the tests, not from whatever JOINEDUP_* the shell exports (a
-    distributed-mode shell would otherwise change the mode, feeds file, issuer or database)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        for name in list(os.environ):
-            if name.startswith("JOINEDUP_"):
-                monkeypatch.delenv(name)
-        yield
 
 
 def sample(name: str) -> dict[str, Any]:
