@@ -446,9 +446,7 @@ async def kafka_to_committed(
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     services = [
-                        await stack.enter_async_context(
-                            record_service(url, kafka, prefix, **extra)
-                        )
+                        await stack.enter_async_context(record_service(url, kafka, prefix, **extra))
                         for _ in range(processes)
                     ]
                     if processes > 1:
