@@ -384,6 +384,8 @@ async def test_upsert_into_a_table_of_keys_only(db: Database, schema: str) -> No
             "postgresql+asyncpg://u:p@db.nhs.example/db",
             "postgresql+asyncpg://u:p@db.nhs.example/db",
         ),
+        # another driver has other parameters: left alone
+        ("postgresql+psycopg://u:p@127.0.0.1/db", "postgresql+psycopg://u:p@127.0.0.1/db"),
     ],
 )
 def test_tls_is_off_only_for_a_server_on_loopback_that_the_url_says_nothing_about(

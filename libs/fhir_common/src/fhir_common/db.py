@@ -80,11 +80,12 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def loopback_without_tls(url: str) -> str:
-    """``url`` with TLS turned off when the server is on this machine and the URL does not say
-    (asyncpg would otherwise negotiate it: it protects nothing on loopback and costs CPU on
-    both sides, ~10 ms per megabyte read); as given otherwise."""
+    """``url`` with TLS turned off when it is an asyncpg URL of a server on this machine and
+    does not say (asyncpg would otherwise negotiate it: it protects nothing on loopback and
+    costs CPU on both sides, ~10 ms per megabyte read); as given otherwise."""
     parsed = make_url(url)
-    if parsed.host in LOOPBACK_HOSTS and not {"ssl", "sslmode"} & set(parsed.query):
+    on_loopback = parsed.get_driver_name() == "asyncpg" and parsed.host in LOOPBACK_HOSTS
+    if on_loopback and not {"ssl", "sslmode"} & set(parsed.query):
         parsed = parsed.update_query_dict({"ssl": "disable"})
     return parsed.render_as_string(hide_password=False)
 
