@@ -61,6 +61,19 @@ class Arrival:
     feed: Feed | None = None  # over HTTP: the feed the push token speaks for
 
 
+@dataclass
+class Received:
+    """A message as far as it has been read: the bytes and how they came, then (as each step
+    succeeds) decoded, parsed and its feed found. A refusal or failure answers with what is
+    known by then."""
+
+    raw: bytes
+    arrival: Arrival
+    decoded: er7.Decoded | None = None
+    message: parsing.V2Message | None = None
+    feed: Feed | None = None
+
+
 @dataclass(frozen=True)
 class Answer:
     ack: bytes
@@ -91,21 +104,19 @@ class Intake:
     async def refuse(self, raw: bytes, arrival: Arrival, problem: Problem) -> Answer:
         """Refuse bytes the transport could not even frame (oversized, truncated, junk)."""
         MESSAGES.labels(arrival.transport, str(AckCode.REJECT)).inc()
-        await self._dead_letter(raw, arrival, None, problem)
+        await self._dead_letter(Received(raw, arrival), problem)
         return Answer(acknowledge(None, AckCode.REJECT, problem).encode(), AckCode.REJECT)
 
     async def _receive(self, raw: bytes, arrival: Arrival) -> Answer:
-        decoded: er7.Decoded | None = None
-        message: parsing.V2Message | None = None
-        feed: Feed | None = None
+        received = Received(raw, arrival)
         try:
-            decoded = er7.decode(raw)
-            message = parsing.parse(decoded)
-            feed = self._feed_for(message.header, arrival)
+            received.decoded = decoded = er7.decode(raw)
+            received.message = message = parsing.parse(decoded)
+            received.feed = feed = self._feed_for(message.header, arrival)
         except Rejected as rejected:
-            return await self._rejected(raw, arrival, decoded, message, feed, rejected)
+            return await self._rejected(received, rejected)
         except Exception as error:
-            return await self._failed(raw, arrival, decoded, message, feed, error)
+            return await self._failed(received, error)
         # Copies of one message in hand at once are taken one after the other (inflight.py).
         async with self._in_hand.hold((feed.id, message.header.control_id)):
             try:
@@ -116,24 +127,17 @@ class Intake:
                     earlier = await self._earlier_or_none(feed, message)
                     if earlier is not None:
                         return self._repeat(message, earlier)
-                return await self._rejected(raw, arrival, decoded, message, feed, rejected)
+                return await self._rejected(received, rejected)
             except Exception as error:
-                return await self._failed(raw, arrival, decoded, message, feed, error)
+                return await self._failed(received, error)
 
-    async def _failed(
-        self,
-        raw: bytes,
-        arrival: Arrival,
-        decoded: er7.Decoded | None,
-        message: parsing.V2Message | None,
-        feed: Feed | None,
-        error: Exception,
-    ) -> Answer:
+    async def _failed(self, received: Received, error: Exception) -> Answer:
         """A bug of ours: keep the message, let the sender retry."""
-        log.exception("HL7 v2 message could not be processed", extra={"origin": arrival.origin})
+        origin = received.arrival.origin
+        log.exception("HL7 v2 message could not be processed", extra={"origin": origin})
         problem = Problem(f"internal error: {error!r}"[:500], ErrorCode.INTERNAL_ERROR)
-        await self._dead_letter(raw, arrival, feed, problem, message)
-        return self._answer(decoded, message, AckCode.REJECT, problem)
+        await self._dead_letter(received, problem)
+        return self._answer(received, AckCode.REJECT, problem)
 
     def _validates(self, decoded: er7.Decoded) -> bool:
         """Whether this message's resources are validated before publishing: all of them with
@@ -232,21 +236,14 @@ class Intake:
         except Exception as error:
             raise _unavailable("bus", error) from error
 
-    async def _rejected(
-        self,
-        raw: bytes,
-        arrival: Arrival,
-        decoded: er7.Decoded | None,
-        message: parsing.V2Message | None,
-        feed: Feed | None,
-        rejected: Rejected,
-    ) -> Answer:
+    async def _rejected(self, received: Received, rejected: Rejected) -> Answer:
         problem = rejected.problem
+        decoded, message, feed = received.decoded, received.message, received.feed
         if rejected.transient:
             log.warning("HL7 v2 message not taken now", extra={"reason": str(problem)})
         else:
             log.info("HL7 v2 message refused", extra={"reason": str(problem), "ack": rejected.ack})
-            await self._dead_letter(raw, arrival, feed, problem, message)
+            await self._dead_letter(received, problem)
             if feed is not None and message is not None and decoded is not None:
                 receipt = Receipt(
                     feed.id, message.header.control_id, decoded.digest, str(rejected.ack), problem
@@ -255,26 +252,20 @@ class Intake:
                     await self.store.remember(Outcome(receipt))
                 except Exception:
                     log.exception("could not remember a refused message", extra={"feed": feed.id})
-        return self._answer(decoded, message, rejected.ack, problem)
+        return self._answer(received, rejected.ack, problem)
 
-    def _answer(
-        self,
-        decoded: er7.Decoded | None,
-        message: parsing.V2Message | None,
-        code: AckCode,
-        problem: Problem,
-    ) -> Answer:
+    def _answer(self, received: Received, code: AckCode, problem: Problem) -> Answer:
+        decoded, message = received.decoded, received.message
         source = message_source(message) if message else _salvaged_header(decoded)
         return Answer(_encoded(acknowledge(source, code, problem), decoded), code)
 
-    async def _dead_letter(
-        self,
-        raw: bytes,
-        arrival: Arrival,
-        feed: Feed | None,
-        problem: Problem,
-        message: parsing.V2Message | None = None,
-    ) -> None:
+    async def _dead_letter(self, received: Received, problem: Problem) -> None:
+        raw, arrival, feed, message = (
+            received.raw,
+            received.arrival,
+            received.feed,
+            received.message,
+        )
         names = message.header.sending_facility if message else ()
         source = (
             feed.id if feed else (arrival.feed.id if arrival.feed else (names or ("unknown",))[0])
