@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from fhir_common import gctuning
 from fhir_common.bus import KafkaBus
 from fhir_common.events import fhir_topic
 from fhir_common.service import ServiceContext
@@ -51,6 +52,12 @@ class AcuteRuntime:
             await ctx.bus.ensure_topics([fhir_topic(t) for t in PUBLISHED_TYPES])
         self._store = Store(ctx.db)
         self._intake = Intake(ctx, self.settings, self._store)
+        if not self.settings.embedded:
+            # This process is ingest-acute alone (embedded mode's is everyone's: left alone).
+            # Parsing and mapping allocate many short-lived objects; with CPython's default
+            # thresholds the collections they set off walked the FHIR models and validators
+            # alive since start-up: 384 and 318 messages/s before, 404-637 after.
+            gctuning.tune()
         if not self.settings.mllp_enabled:
             return
         listener = MllpListener(self._intake, self.settings)
