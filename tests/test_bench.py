@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from joinedup.bench.cli import app
 from joinedup.bench.registry import REGISTRY, percentile
+from joinedup.bench.services import _median_run
 
 QUICK = ["bus.inprocess.throughput", "skeleton.embedded.ingest"]
 
@@ -56,3 +57,17 @@ def test_registry_and_percentiles() -> None:
     assert percentile(sample, 0.5) == 50.0
     assert percentile(sample, 0.99) == 99.0
     assert percentile([3.0], 0.99) == 3.0
+
+
+def test_the_median_run_is_reported_with_every_run_in_its_params() -> None:
+    runs = [
+        {"name": "record.kafka_to_committed", "value": v, "unit": "resources/s", "params": {"n": v}}
+        for v in (9_500.4, 12_700.0, 11_000.0)
+    ]
+    median = _median_run(runs, ".two_processes")
+    assert median["name"] == "record.kafka_to_committed.two_processes"
+    assert median["value"] == 11_000.0
+    assert median["params"] == {"n": 11_000.0, "runs": [9_500, 12_700, 11_000]}
+    single = _median_run(runs[:1], "")
+    assert single["name"] == "record.kafka_to_committed"
+    assert single["params"] == {"n": 9_500.4}  # one run: nothing to list
