@@ -108,7 +108,7 @@ async def record_kafka_to_committed(ctx: Context) -> list[Result]:
         for processes in (1, 2):  # two replicas of the group: Python then uses both cores
             # Two replicas are measured once publishing is over (about half way): twice the
             # resources keep that window at 12-20 s. This shared machine's speed moves from run
-            # to run by a third (docs/record.md: 28 runs, 8,175-13,334/s), so their figure is
+            # to run by a third (docs/record.md: 31 runs, 8,175-13,334/s), so their figure is
             # the median of three runs, each run's figure kept in the params.
             runs = [
                 (
