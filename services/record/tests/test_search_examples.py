@@ -25,7 +25,7 @@ from fhir_common.events import event_headers, fhir_message
 from record.indexing import FAR_FUTURE, FAR_PAST, index_rows
 from record.searchparams import REGISTRY
 
-CORE = Path(__file__).resolve().parents[3].parent / "shared" / "samples" / "fhir-r4-core-examples"
+CORE = Path(__file__).resolve().parents[4] / "shared" / "samples" / "fhir-r4-core-examples"
 # The parameters the issue names (for the types it lists without naming any: the patient and a
 # token or two), each of which some example has a value for: every one must be a case below, so
 # that a parameter whose values stopped being indexed fails here rather than silently dropping out.
