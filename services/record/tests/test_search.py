@@ -182,16 +182,6 @@ def as_message(resource: dict[str, Any], key: str) -> Message:
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('search') / 'joinedup.db'}"
-    url: str = request.getfixturevalue("postgresql_url")
-    return url
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def data(
     start_record: Any, store_url: str, tmp_path_factory: pytest.TempPathFactory

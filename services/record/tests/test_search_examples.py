@@ -112,16 +112,6 @@ def test_the_cases_cover_every_parameter_the_issue_names() -> None:
     assert len(CASES) > 100  # parameters with a value in some example, over all types
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('examples') / 'joinedup.db'}"
-    url: str = request.getfixturevalue("postgresql_url")
-    return url
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stored(
     start_record: Any, store_url: str, tmp_path_factory: pytest.TempPathFactory
