@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from joinedup.bench.cli import app
@@ -42,6 +43,38 @@ def test_quick_run_writes_positive_results(tmp_path: Path) -> None:
     embedded = results["skeleton.embedded.ingest"]["params"]
     assert embedded["resources_in_record"] >= embedded["resources"] > 0
     assert "skeleton.embedded.ingest" in outcome.output
+
+
+def test_cpu_ceilings_report_each_stage(tmp_path: Path) -> None:
+    """The one-core figures the speed goals are set against (docs/ingest-acute.md and
+    docs/ingest-gp.md): every stage measured, and the rates consistent with the stages."""
+    out = tmp_path / "bench.json"
+    args = [
+        "--quick",
+        "--out",
+        str(out),
+        "--only",
+        "ingest_acute.mapping",
+        "--only",
+        "ingest_gp.cpu",
+    ]
+
+    outcome = CliRunner().invoke(app, args)
+
+    assert outcome.exit_code == 0, outcome.output
+    results = {r["name"]: r for r in orjson.loads(out.read_bytes())["results"]}
+    acute = results["ingest_acute.mapping"]["params"]["microseconds_per_message"]
+    assert acute["decode+parse"] > 0
+    assert acute["map"] > 0
+    parse_alone = results["ingest_acute.mapping.parse_alone"]["value"]
+    assert parse_alone == pytest.approx(1e6 / acute["decode+parse"], rel=0.01)
+    assert results["ingest_acute.mapping"]["value"] < parse_alone
+    gp = results["ingest_gp.cpu.whole_line"]["params"]["microseconds_per_resource"]
+    assert set(gp) == {"parse", "fast_check", "full_validation", "whole_line"}
+    assert all(value > 0 for value in gp.values()), gp
+    # an $import line is parsed and checked, and more: it costs more than those two
+    assert gp["whole_line"] > gp["parse"] + gp["fast_check"]
+    assert results["ingest_gp.cpu.fast_check"]["value"] == gp["fast_check"]
 
 
 def test_unknown_benchmark_is_refused(tmp_path: Path) -> None:

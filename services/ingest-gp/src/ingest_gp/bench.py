@@ -6,6 +6,8 @@ Each is an ``async def`` returning result dicts ``{"name", "value", "unit", "par
 * ``ndjson_import``: resources/s from an NDJSON ``$import`` into Kafka.
 * ``ndjson_import_memory``: peak memory (RSS) of the service importing a ~200 MB NDJSON file,
   and its rate.
+* ``per_resource_cpu``: microseconds of CPU per resource of the work every resource needs, on
+  one core (no Kafka, no PostgreSQL): what the two rates above can at best be.
 
 ingest-gp runs as its own process (``python -m joinedup serve ingest-gp``: distributed mode, a
 fresh PostgreSQL database, the real Kafka broker, its validation pool), driven over real HTTP
@@ -482,11 +484,78 @@ async def ndjson_import_memory(quick: bool = False) -> list[dict[str, Any]]:
     ]
 
 
+# --- CPU per resource, on one core ---------------------------------------------------------------
+
+#: The stages timed by ``per_resource_cpu``, in the order an ``$import`` line goes through them.
+CPU_STAGES = ("parse", "fast_check", "full_validation", "whole_line")
+
+
+def _time_stages(lines: list[bytes], rounds: int) -> dict[str, float]:
+    """Microseconds of CPU per resource for each stage (best of ``rounds``): runs in a pool
+    worker, which holds what a validation worker holds (models, GC tuned)."""
+    from fhir_common.feeds import Feed, FeedKind
+    from fhir_common.validation import validate_resource
+    from ingest_gp import fastcheck, workers
+
+    feed = Feed(id=FEED_ID, kind=FeedKind.FHIR, ods="Y09009", setting="primary")
+    numbered = list(enumerate(lines, start=1))
+    parsed = [orjson.loads(line) for line in lines]
+    stages: dict[str, Any] = {
+        "parse": lambda: [orjson.loads(line) for line in lines],
+        "fast_check": lambda: [fastcheck.vouches_for(r) for r in parsed],
+        "full_validation": lambda: [validate_resource(r) for r in parsed],
+        "whole_line": lambda: workers.prepare_lines(feed, None, numbered),
+    }
+    for name in CPU_STAGES:  # warm up: caches, compiled patterns, validators built lazily
+        stages[name]()
+    best = dict.fromkeys(CPU_STAGES, float("inf"))
+    for _ in range(rounds):
+        for name in CPU_STAGES:
+            began = time.process_time()
+            stages[name]()
+            best[name] = min(best[name], time.process_time() - began)
+    return {name: seconds / len(lines) * 1e6 for name, seconds in best.items()}
+
+
+async def per_resource_cpu(quick: bool = False) -> list[dict[str, Any]]:
+    """CPU per resource of what every ingested resource goes through (parse, the fast check,
+    the full R4 validator it stands in for, and an ``$import`` line's whole work: parse, check,
+    normalise, serialise) on one core, in a process like a validation worker; no Kafka or
+    PostgreSQL. Each goal in resources/s on 2 cores allows at most 2,000,000 / goal µs of CPU
+    per resource for everything the machine does, which these figures are set against."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ingest_gp import workers
+
+    lines = [line for bundle in synthea_bundles() for line in ndjson_lines(bundle)]
+    if quick:
+        lines = lines[:2_000]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=workers.warm_up) as pool:
+        timed = await asyncio.get_running_loop().run_in_executor(
+            pool, _time_stages, lines, 1 if quick else 3
+        )
+    micros = {name: round(value, 1) for name, value in timed.items()}
+    params = {
+        "resources": len(lines),
+        "microseconds_per_resource": micros,
+        "budget_microseconds_for_everything": {"bundles 10,000/s": 200, "ndjson 25,000/s": 80},
+        "data": "the Synthea records of the shared samples, as NDJSON lines",
+    }
+    return [
+        result("ingest_gp.cpu.whole_line", micros["whole_line"], "µs/resource", params),
+        result("ingest_gp.cpu.fast_check", micros["fast_check"], "µs/resource", params),
+        result("ingest_gp.cpu.full_validation", micros["full_validation"], "µs/resource", params),
+    ]
+
+
 if __name__ == "__main__":  # python -m ingest_gp.bench [name ...] [--quick]
     names = [a for a in sys.argv[1:] if not a.startswith("-")] or [
         "bundles_http",
         "ndjson_import",
         "ndjson_import_memory",
+        "per_resource_cpu",
     ]
     quick = "--quick" in sys.argv
     for name in names:
