@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import re
 import socket
@@ -29,7 +30,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -500,7 +502,7 @@ def _time_stages(lines: list[bytes], rounds: int) -> dict[str, float]:
     feed = Feed(id=FEED_ID, kind=FeedKind.FHIR, ods="Y09009", setting="primary")
     numbered = list(enumerate(lines, start=1))
     parsed = [orjson.loads(line) for line in lines]
-    stages: dict[str, Any] = {
+    stages: dict[str, Callable[[], object]] = {
         "parse": lambda: [orjson.loads(line) for line in lines],
         "fast_check": lambda: [fastcheck.vouches_for(r) for r in parsed],
         "full_validation": lambda: [validate_resource(r) for r in parsed],
@@ -523,9 +525,6 @@ async def per_resource_cpu(quick: bool = False) -> list[dict[str, Any]]:
     normalise, serialise) on one core, in a process like a validation worker; no Kafka or
     PostgreSQL. Each goal in resources/s on 2 cores allows at most 2,000,000 / goal µs of CPU
     per resource for everything the machine does, which these figures are set against."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from ingest_gp import workers
 
     lines = [line for bundle in synthea_bundles() for line in ndjson_lines(bundle)]
