@@ -5,17 +5,17 @@ import json
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, FastAPI, Request
-from fastapi.testclient import TestClient
 
 from fhir_common.auth import (
     LocalSigner,
@@ -434,9 +434,13 @@ def make_app(verifier: TokenVerifier | None) -> FastAPI:
     return app
 
 
-@pytest.fixture(scope="module")
-def client(verifier: TokenVerifier) -> Iterator[TestClient]:
-    with TestClient(make_app(verifier)) as c:
+def asgi_client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+@pytest.fixture
+async def client(verifier: TokenVerifier) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(make_app(verifier)) as c:
         yield c
 
 
@@ -444,8 +448,8 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_no_header_is_401_outcome(client: TestClient) -> None:
-    r = client.get("/fhir/Patient/1")
+async def test_no_header_is_401_outcome(client: httpx.AsyncClient) -> None:
+    r = await client.get("/fhir/Patient/1")
     assert r.status_code == 401
     assert r.headers["content-type"].startswith("application/fhir+json")
     assert r.headers["www-authenticate"].startswith("Bearer")
@@ -455,20 +459,20 @@ def test_no_header_is_401_outcome(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", "token"])
-def test_not_bearer_is_401(client: TestClient, header: str) -> None:
-    r = client.get("/fhir/Patient/1", headers={"Authorization": header})
+async def test_not_bearer_is_401(client: httpx.AsyncClient, header: str) -> None:
+    r = await client.get("/fhir/Patient/1", headers={"Authorization": header})
     assert r.status_code == 401
     assert r.json()["issue"][0]["code"] == "login"
 
 
-def test_invalid_token_is_401(client: TestClient, other_signer: LocalSigner) -> None:
-    r = client.get("/fhir/Patient/1", headers=bearer(mint(other_signer)))
+async def test_invalid_token_is_401(client: httpx.AsyncClient, other_signer: LocalSigner) -> None:
+    r = await client.get("/fhir/Patient/1", headers=bearer(mint(other_signer)))
     assert r.status_code == 401
     assert "signature" in r.json()["issue"][0]["diagnostics"]
 
 
-def test_wrong_scope_is_403(client: TestClient, signer: LocalSigner) -> None:
-    r = client.get("/fhir/Patient/1", headers=bearer(mint(signer, ["user/Observation.rs"])))
+async def test_wrong_scope_is_403(client: httpx.AsyncClient, signer: LocalSigner) -> None:
+    r = await client.get("/fhir/Patient/1", headers=bearer(mint(signer, ["user/Observation.rs"])))
     assert r.status_code == 403
     body = r.json()
     assert body["resourceType"] == "OperationOutcome"
@@ -477,39 +481,43 @@ def test_wrong_scope_is_403(client: TestClient, signer: LocalSigner) -> None:
 
 
 @pytest.mark.parametrize("scope", ["user/Patient.rs", "system/*.cruds", "user/Patient.read"])
-def test_granting_scope_is_200(client: TestClient, signer: LocalSigner, scope: str) -> None:
-    r = client.get("/fhir/Patient/7", headers=bearer(mint(signer, [scope], subject="dr")))
+async def test_granting_scope_is_200(
+    client: httpx.AsyncClient, signer: LocalSigner, scope: str
+) -> None:
+    r = await client.get("/fhir/Patient/7", headers=bearer(mint(signer, [scope], subject="dr")))
     assert r.status_code == 200
     assert r.json() == {"resourceType": "Patient", "id": "7", "by": "dr"}
 
 
-def test_requires_in_route_dependencies(client: TestClient, signer: LocalSigner) -> None:
-    ok = client.get("/fhir/Task", headers=bearer(mint(signer, ["user/Task.s"], subject="n")))
+async def test_requires_in_route_dependencies(
+    client: httpx.AsyncClient, signer: LocalSigner
+) -> None:
+    ok = await client.get("/fhir/Task", headers=bearer(mint(signer, ["user/Task.s"], subject="n")))
     assert ok.status_code == 200
     assert ok.json() == {"subject": "n"}
-    denied = client.get("/fhir/Task", headers=bearer(mint(signer, ["user/Task.r"])))
+    denied = await client.get("/fhir/Task", headers=bearer(mint(signer, ["user/Task.r"])))
     assert denied.status_code == 403
 
 
-def test_get_principal_alone(client: TestClient, signer: LocalSigner) -> None:
-    r = client.get("/whoami", headers=bearer(mint(signer, [], subject="s", org="RXH")))
+async def test_get_principal_alone(client: httpx.AsyncClient, signer: LocalSigner) -> None:
+    r = await client.get("/whoami", headers=bearer(mint(signer, [], subject="s", org="RXH")))
     assert r.json() == {"sub": "s", "org": "RXH"}
-    assert client.get("/whoami").status_code == 401
+    assert (await client.get("/whoami")).status_code == 401
 
 
-def test_unconfigured_auth_refuses(signer: LocalSigner) -> None:
-    with TestClient(make_app(None)) as c:
-        r = c.get("/fhir/Patient/1", headers=bearer(mint(signer)))
+async def test_unconfigured_auth_refuses(signer: LocalSigner) -> None:
+    async with asgi_client(make_app(None)) as c:
+        r = await c.get("/fhir/Patient/1", headers=bearer(mint(signer)))
     assert r.status_code == 500
     assert "auth not configured" in r.json()["issue"][0]["diagnostics"]
 
 
-def test_mounted_sub_app_uses_its_own_verifier(
+async def test_mounted_sub_app_uses_its_own_verifier(
     signer: LocalSigner, verifier: TokenVerifier
 ) -> None:
     parent = FastAPI()
     parent.mount("/record", make_app(verifier))
-    with TestClient(parent) as c:
-        ok = c.get("/record/fhir/Patient/1", headers=bearer(mint(signer, ["user/Patient.r"])))
+    async with asgi_client(parent) as c:
+        ok = await c.get("/record/fhir/Patient/1", headers=bearer(mint(signer, ["user/Patient.r"])))
         assert ok.status_code == 200
-        assert c.get("/record/fhir/Patient/1").status_code == 401
+        assert (await c.get("/record/fhir/Patient/1")).status_code == 401
