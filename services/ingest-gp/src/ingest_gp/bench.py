@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import os
 import re
 import socket
@@ -31,7 +30,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -525,16 +523,16 @@ async def per_resource_cpu(quick: bool = False) -> list[dict[str, Any]]:
     normalise, serialise) on one core, in a process like a validation worker; no Kafka or
     PostgreSQL. Each goal in resources/s on 2 cores allows at most 2,000,000 / goal µs of CPU
     per resource for everything the machine does, which these figures are set against."""
-    from ingest_gp import workers
+    from ingest_gp.pool import Pool
 
     lines = [line for bundle in synthea_bundles() for line in ndjson_lines(bundle)]
     if quick:
         lines = lines[:2_000]
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn, initializer=workers.warm_up) as pool:
-        timed = await asyncio.get_running_loop().run_in_executor(
-            pool, _time_stages, lines, 1 if quick else 3
-        )
+    pool = Pool(1)  # the service's own validation pool, with one worker
+    try:
+        timed = await pool.run(_time_stages, lines, 1 if quick else 3)
+    finally:
+        pool.close()
     micros = {name: round(value, 1) for name, value in timed.items()}
     params = {
         "resources": len(lines),
